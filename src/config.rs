@@ -1,0 +1,78 @@
+//! Command-line flags; every one can also be set as a `RUNSTORE_*`
+//! environment variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    server::ServerSettings,
+    service::{DEFAULT_MAX_SUMMARY_BYTES, ServiceSettings, WriteMode},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runstore",
+    version,
+    about = "Durable persistence of completed workflow runs, over gRPC"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "RUNSTORE_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Data directory of the filesystem storage; created if missing.
+    #[arg(long, env = "RUNSTORE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Largest accepted summary_json, in bytes.
+    #[arg(long, env = "RUNSTORE_MAX_SUMMARY_BYTES", default_value_t = DEFAULT_MAX_SUMMARY_BYTES)]
+    pub max_summary_bytes: usize,
+
+    /// How long admitted calls may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "RUNSTORE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often storage is probed (a durable write) for the health status.
+    #[arg(long, env = "RUNSTORE_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// Log line format; filter with RUST_LOG (default: info).
+    #[arg(long, env = "RUNSTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Benchmark-only: how CompleteRun schedules its two writes.
+    #[arg(long, env = "RUNSTORE_WRITE_MODE", value_enum, default_value_t = WriteMode::Concurrent, hide = true)]
+    pub write_mode: WriteMode,
+}
+
+impl ServeArgs {
+    pub fn server_settings(&self) -> ServerSettings {
+        ServerSettings {
+            service: ServiceSettings {
+                max_summary_bytes: self.max_summary_bytes,
+                write_mode: self.write_mode,
+            },
+            shutdown_grace: self.shutdown_grace,
+            health_interval: self.health_interval,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Errors of the gRPC API and the one place where they, and storage
+//! failures, become gRPC status codes.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::storage::StorageError;
+
+/// Why a call was refused or failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {rule}")]
+    InvalidArgument { field: &'static str, rule: String },
+    #[error("summary_json: {size} bytes is over the {limit}-byte limit")]
+    SummaryTooLarge { size: usize, limit: usize },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("the server is shutting down; retry on another replica")]
+    ShuttingDown,
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        let message = err.to_string();
+        match err {
+            ApiError::InvalidArgument { field, rule } => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request_violation(field, rule),
+            ),
+            ApiError::SummaryTooLarge { .. } => Status::resource_exhausted(message),
+            ApiError::NotFound(_) => Status::not_found(message),
+            ApiError::ShuttingDown => Status::unavailable(message),
+            ApiError::Storage(source) => {
+                tracing::error!(error = %source, "storage read failed");
+                Status::new(storage_failure(&source).code, message)
+            }
+        }
+    }
+}
+
+/// How a storage failure is reported to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureClass {
+    pub code: Code,
+    /// Whether the same request may succeed if retried later.
+    pub retryable: bool,
+}
+
+/// Maps a storage failure to the status a caller should act on.
+pub fn storage_failure(err: &StorageError) -> FailureClass {
+    let (code, retryable) = match err {
+        StorageError::NotFound => (Code::NotFound, false),
+        StorageError::Full(_) => (Code::ResourceExhausted, true),
+        StorageError::ReadOnly(_) => (Code::Unavailable, true),
+        StorageError::PathConflict { .. } => (Code::FailedPrecondition, false),
+        StorageError::Corrupt(_) => (Code::DataLoss, false),
+        StorageError::Io(_) => (Code::Unavailable, true),
+        StorageError::TaskFailed(_) => (Code::Internal, false),
+    };
+    FailureClass { code, retryable }
+}
+
+/// The canonical upper-case name of a gRPC status code, as clients in every
+/// language spell it (e.g. `RESOURCE_EXHAUSTED`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,101 @@
+//! Serving state for `grpc.health.v1`: SERVING only while storage has passed
+//! its latest probe write and shutdown has not begun.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    proto::persistence_service_server::PersistenceServiceServer, service::PersistenceApi,
+    storage::Storage,
+};
+
+/// The service names whose status is reported: the whole server ("") and
+/// the persistence service.
+const SERVICE_NAMES: [&str; 2] = [
+    "",
+    <PersistenceServiceServer<PersistenceApi> as NamedService>::NAME,
+];
+
+#[derive(Debug, Default)]
+struct Inputs {
+    storage_ok: bool,
+    shutting_down: bool,
+}
+
+/// The health reporter plus what it reports on.
+#[derive(Clone)]
+pub struct HealthState {
+    reporter: HealthReporter,
+    // A mutex so a probe finishing just as shutdown begins cannot report
+    // SERVING after shutdown reported NOT_SERVING.
+    inputs: Arc<Mutex<Inputs>>,
+}
+
+impl HealthState {
+    /// Starts NOT_SERVING: nothing is served before storage proves writable.
+    pub async fn new(reporter: HealthReporter) -> Self {
+        let state = Self {
+            reporter,
+            inputs: Arc::default(),
+        };
+        state.publish(&Inputs::default()).await;
+        state
+    }
+
+    pub async fn storage_checked(&self, ok: bool) {
+        let mut inputs = self.inputs.lock().await;
+        if inputs.storage_ok != ok {
+            inputs.storage_ok = ok;
+            self.publish(&inputs).await;
+        }
+    }
+
+    pub async fn begin_shutdown(&self) {
+        let mut inputs = self.inputs.lock().await;
+        inputs.shutting_down = true;
+        self.publish(&inputs).await;
+    }
+
+    async fn publish(&self, inputs: &Inputs) {
+        let status = if inputs.storage_ok && !inputs.shutting_down {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in SERVICE_NAMES {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+}
+
+/// Probes storage with a durable write every `interval` until `stop`.
+pub async fn monitor_storage(
+    storage: Arc<dyn Storage>,
+    health: HealthState,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut was_ok = None;
+    loop {
+        let ok = match storage.check_health().await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "storage health probe failed");
+                false
+            }
+        };
+        if was_ok != Some(ok) {
+            tracing::info!(storage_ok = ok, "storage health changed");
+            was_ok = Some(ok);
+        }
+        health.storage_checked(ok).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The `runstore` binary: parses config, starts the server, waits for
+//! SIGTERM or SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use runstore::{
+    config::{Cli, Command, ServeArgs},
+    server,
+    storage::FsStorage,
+    telemetry,
+};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format, std::io::stdout);
+    let storage = FsStorage::open(&args.data_dir)
+        .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        data_dir = %args.data_dir.display(),
+        "listening"
+    );
+    server::run(
+        listener,
+        Arc::new(storage),
+        args.server_settings(),
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut sigterm) => {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

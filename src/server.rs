@@ -1,0 +1,134 @@
+//! Builds the gRPC server and runs it until shutdown. One entry point for
+//! the binary and the tests: `run(listener, storage, settings, shutdown)`.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::Server;
+
+use crate::{
+    admission::Admission,
+    health::{HealthState, monitor_storage},
+    proto::{self, persistence_service_server::PersistenceServiceServer},
+    service::{PersistenceApi, ServiceSettings},
+    storage::Storage,
+};
+
+/// Everything `run` needs besides the listener and storage.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSettings {
+    pub service: ServiceSettings,
+    /// How long admitted calls and their writes may take to finish after
+    /// shutdown begins.
+    pub shutdown_grace: Duration,
+    /// How often storage is probed for health.
+    pub health_interval: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            service: ServiceSettings::default(),
+            shutdown_grace: Duration::from_secs(30),
+            health_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// The largest request the transport decodes. It sits well above the summary
+/// limit so that an oversized summary is answered by the service with
+/// RESOURCE_EXHAUSTED, not by the codec.
+fn max_request_bytes(max_summary_bytes: usize) -> usize {
+    max_summary_bytes
+        .saturating_mul(2)
+        .saturating_add(1024 * 1024)
+}
+
+/// Serves until `shutdown` resolves, then: health reports NOT_SERVING, new
+/// calls get UNAVAILABLE, admitted calls and their writes finish (within the
+/// grace period), and it returns.
+pub async fn run(
+    listener: TcpListener,
+    storage: Arc<dyn Storage>,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = HealthState::new(reporter).await;
+    let admission = Admission::default();
+    let writes = TaskTracker::new();
+    let stop = CancellationToken::new();
+
+    let api = PersistenceApi::new(
+        Arc::clone(&storage),
+        settings.service,
+        admission.clone(),
+        writes.clone(),
+    );
+    let persistence = PersistenceServiceServer::new(api)
+        .max_decoding_message_size(max_request_bytes(settings.service.max_summary_bytes));
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    tokio::spawn(monitor_storage(
+        storage,
+        health.clone(),
+        settings.health_interval,
+        stop.clone(),
+    ));
+
+    let begin_drain = {
+        let (health, admission, stop) = (health.clone(), admission.clone(), stop.clone());
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: refusing new calls, finishing admitted ones");
+            health.begin_shutdown().await;
+            admission.close();
+            stop.cancel();
+        }
+    };
+
+    let serve = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(persistence)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), begin_drain);
+
+    // Calls finish first (the server drains its connections), then any write
+    // task whose caller went away.
+    let drained = async {
+        serve.await?;
+        writes.close();
+        writes.wait().await;
+        Ok::<(), ServeError>(())
+    };
+    let grace_over = async {
+        stop.cancelled().await;
+        tokio::time::sleep(settings.shutdown_grace).await;
+    };
+    tokio::select! {
+        result = drained => result?,
+        () = grace_over => tracing::warn!(
+            grace = ?settings.shutdown_grace,
+            "grace period over with calls still in flight; they were not acknowledged",
+        ),
+    }
+    Ok(())
+}

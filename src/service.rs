@@ -1,0 +1,335 @@
+//! The gRPC handlers: validate, dispatch both writes, build the reply.
+
+use std::{sync::Arc, time::Instant};
+
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, field};
+
+use crate::{
+    admission::Admission,
+    error::ApiError,
+    page_token,
+    proto::{
+        CompleteRunRequest, CompleteRunResponse, GetManifestRequest, GetManifestResponse,
+        GetTaskSnapshotRequest, GetTaskSnapshotResponse, RunEntry, WriteStatus, WriteTarget,
+        persistence_service_server::PersistenceService,
+    },
+    storage::{RunRecord, Storage, StorageError},
+    validate,
+    write_report::{complete_run_response, write_status},
+};
+
+/// Runs per GetTaskSnapshot page when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Most runs per page; larger requests are capped.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Default limit on `summary_json`: 4 MiB.
+pub const DEFAULT_MAX_SUMMARY_BYTES: usize = 4 * 1024 * 1024;
+
+/// How CompleteRun schedules its two writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WriteMode {
+    /// Both writes at once: latency is max(snapshot, manifest).
+    #[default]
+    Concurrent,
+    /// Manifest, then snapshot: the in-process baseline runstore replaces,
+    /// kept only so benchmarks can measure the difference.
+    Sequential,
+}
+
+/// Limits and behaviour of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceSettings {
+    pub max_summary_bytes: usize,
+    pub write_mode: WriteMode,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            max_summary_bytes: DEFAULT_MAX_SUMMARY_BYTES,
+            write_mode: WriteMode::Concurrent,
+        }
+    }
+}
+
+/// The PersistenceService implementation.
+pub struct PersistenceApi {
+    storage: Arc<dyn Storage>,
+    settings: ServiceSettings,
+    admission: Admission,
+    /// Every write task, so shutdown can wait for writes whose caller left.
+    writes: TaskTracker,
+}
+
+impl PersistenceApi {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        settings: ServiceSettings,
+        admission: Admission,
+        writes: TaskTracker,
+    ) -> Self {
+        Self {
+            storage,
+            settings,
+            admission,
+            writes,
+        }
+    }
+
+    async fn complete_run(&self, req: CompleteRunRequest) -> Result<CompleteRunResponse, ApiError> {
+        self.admission.check()?;
+        let run = Arc::new(self.validate_run(req)?);
+        let (snapshot, manifest) = match self.settings.write_mode {
+            WriteMode::Concurrent => self.write_concurrently(run).await,
+            WriteMode::Sequential => self.write_sequentially(run).await,
+        };
+        let reply = complete_run_response(snapshot, manifest);
+        if let Some(primary) = &reply.primary_error {
+            tracing::warn!(outcome = ?reply.outcome(), code = %primary.code, error = %primary.message, "run not fully written");
+        } else {
+            tracing::debug!("run written");
+        }
+        Ok(reply)
+    }
+
+    fn validate_run(&self, req: CompleteRunRequest) -> Result<RunRecord, ApiError> {
+        validate::id("task_id", &req.task_id)?;
+        validate::id("run_id", &req.run_id)?;
+        let instant = validate::timestamp("timestamp", &req.timestamp)?;
+        let limit = self.settings.max_summary_bytes;
+        if req.summary_json.len() > limit {
+            return Err(ApiError::SummaryTooLarge {
+                size: req.summary_json.len(),
+                limit,
+            });
+        }
+        validate::summary("summary_json", &req.summary_json, &req.task_id, &req.run_id)?;
+        Ok(RunRecord {
+            task_id: req.task_id,
+            run_id: req.run_id,
+            timestamp: req.timestamp,
+            instant,
+            summary_json: req.summary_json,
+        })
+    }
+
+    /// Each write is its own task, so it runs to completion even if the
+    /// caller goes away, and a slow or failing write never holds up the
+    /// other. `join!`, not `try_join!`: both outcomes are always reported.
+    async fn write_concurrently(&self, run: Arc<RunRecord>) -> (WriteStatus, WriteStatus) {
+        let snapshot = self.spawn_write(WriteTarget::Snapshot, Arc::clone(&run));
+        let manifest = self.spawn_write(WriteTarget::Manifest, Arc::clone(&run));
+        let (snapshot, manifest) = tokio::join!(snapshot, manifest);
+        (
+            self.joined(WriteTarget::Snapshot, &run, snapshot),
+            self.joined(WriteTarget::Manifest, &run, manifest),
+        )
+    }
+
+    /// The manifest, then the snapshot, in one task: what an orchestrator
+    /// doing both writes in-process would do.
+    async fn write_sequentially(&self, run: Arc<RunRecord>) -> (WriteStatus, WriteStatus) {
+        let storage = Arc::clone(&self.storage);
+        let task_run = Arc::clone(&run);
+        let both = self.writes.spawn(
+            async move {
+                let manifest =
+                    timed_write(WriteTarget::Manifest, &storage, Arc::clone(&task_run)).await;
+                let snapshot = timed_write(WriteTarget::Snapshot, &storage, task_run).await;
+                (snapshot, manifest)
+            }
+            .in_current_span(),
+        );
+        match both.await {
+            Ok(statuses) => statuses,
+            Err(err) => (
+                self.lost_task(WriteTarget::Snapshot, &run, &err),
+                self.lost_task(WriteTarget::Manifest, &run, &err),
+            ),
+        }
+    }
+
+    fn spawn_write(
+        &self,
+        target: WriteTarget,
+        run: Arc<RunRecord>,
+    ) -> tokio::task::JoinHandle<WriteStatus> {
+        let storage = Arc::clone(&self.storage);
+        self.writes
+            .spawn(async move { timed_write(target, &storage, run).await }.in_current_span())
+    }
+
+    fn joined(
+        &self,
+        target: WriteTarget,
+        run: &RunRecord,
+        joined: Result<WriteStatus, tokio::task::JoinError>,
+    ) -> WriteStatus {
+        joined.unwrap_or_else(|err| self.lost_task(target, run, &err))
+    }
+
+    /// The status of a write whose task panicked or was aborted.
+    fn lost_task(
+        &self,
+        target: WriteTarget,
+        run: &RunRecord,
+        err: &tokio::task::JoinError,
+    ) -> WriteStatus {
+        tracing::error!(?target, error = %err, "write task did not finish");
+        let location = location_of(self.storage.as_ref(), target, run);
+        let failure = Err(StorageError::TaskFailed(err.to_string()));
+        write_status(target, location, std::time::Duration::ZERO, &failure)
+    }
+
+    async fn get_manifest(&self, req: GetManifestRequest) -> Result<GetManifestResponse, ApiError> {
+        self.admission.check()?;
+        validate::id("task_id", &req.task_id)?;
+        validate::id("run_id", &req.run_id)?;
+        let manifest = self
+            .storage
+            .read_manifest(&req.task_id, &req.run_id)
+            .await
+            .map_err(|err| match err {
+                StorageError::NotFound => ApiError::NotFound(format!(
+                    "manifest of run {:?} of task {:?}",
+                    req.run_id, req.task_id
+                )),
+                other => other.into(),
+            })?;
+        let written_at: chrono::DateTime<chrono::Utc> = manifest.written_at.into();
+        Ok(GetManifestResponse {
+            sha256: sha256_hex(manifest.summary_json.as_bytes()),
+            task_id: req.task_id,
+            run_id: req.run_id,
+            summary_json: manifest.summary_json,
+            written_at: written_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        })
+    }
+
+    async fn get_task_snapshot(
+        &self,
+        req: GetTaskSnapshotRequest,
+    ) -> Result<GetTaskSnapshotResponse, ApiError> {
+        self.admission.check()?;
+        validate::id("task_id", &req.task_id)?;
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                page_token::decode(&req.page_token).ok_or_else(|| ApiError::InvalidArgument {
+                    field: "page_token",
+                    rule: "must be a next_page_token returned by GetTaskSnapshot".into(),
+                })?,
+            )
+        };
+        let limit = match req.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let page = self
+            .storage
+            .read_snapshot(&req.task_id, after, limit)
+            .await
+            .map_err(|err| match err {
+                StorageError::NotFound => {
+                    ApiError::NotFound(format!("snapshot of task {:?}", req.task_id))
+                }
+                other => other.into(),
+            })?;
+        Ok(GetTaskSnapshotResponse {
+            task_id: req.task_id,
+            last_run_at: page.last_run_at,
+            next_page_token: page
+                .next
+                .as_ref()
+                .map(page_token::encode)
+                .unwrap_or_default(),
+            runs: page
+                .runs
+                .into_iter()
+                .map(|run| RunEntry {
+                    run_id: run.run_id,
+                    timestamp: run.timestamp,
+                    summary_json: run.summary_json,
+                })
+                .collect(),
+        })
+    }
+}
+
+async fn timed_write(
+    target: WriteTarget,
+    storage: &Arc<dyn Storage>,
+    run: Arc<RunRecord>,
+) -> WriteStatus {
+    let location = location_of(storage.as_ref(), target, &run);
+    let started = Instant::now();
+    let result = match target {
+        WriteTarget::Manifest => storage.write_manifest(run).await,
+        _ => storage.write_snapshot(run).await,
+    };
+    if let Err(err) = &result {
+        tracing::warn!(?target, error = %err, "write failed");
+    }
+    write_status(target, location, started.elapsed(), &result)
+}
+
+fn location_of(storage: &dyn Storage, target: WriteTarget, run: &RunRecord) -> String {
+    match target {
+        WriteTarget::Manifest => storage.manifest_location(&run.task_id, &run.run_id),
+        _ => storage.snapshot_location(&run.task_id),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn rpc_span(rpc: &'static str, task_id: &str, run_id: Option<&str>) -> tracing::Span {
+    // Debug formatting: ids are untrusted and may hold control characters.
+    tracing::info_span!(
+        "rpc",
+        rpc,
+        task_id = ?task_id,
+        run_id = run_id.map(|id| field::debug(id.to_owned())),
+    )
+}
+
+#[tonic::async_trait]
+impl PersistenceService for PersistenceApi {
+    async fn complete_run(
+        &self,
+        request: Request<CompleteRunRequest>,
+    ) -> Result<Response<CompleteRunResponse>, Status> {
+        let req = request.into_inner();
+        let span = rpc_span("CompleteRun", &req.task_id, Some(&req.run_id));
+        let reply = self.complete_run(req).instrument(span).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn get_manifest(
+        &self,
+        request: Request<GetManifestRequest>,
+    ) -> Result<Response<GetManifestResponse>, Status> {
+        let req = request.into_inner();
+        let span = rpc_span("GetManifest", &req.task_id, Some(&req.run_id));
+        let reply = self.get_manifest(req).instrument(span).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn get_task_snapshot(
+        &self,
+        request: Request<GetTaskSnapshotRequest>,
+    ) -> Result<Response<GetTaskSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let span = rpc_span("GetTaskSnapshot", &req.task_id, None);
+        let reply = self.get_task_snapshot(req).instrument(span).await?;
+        Ok(Response::new(reply))
+    }
+}
