@@ -54,10 +54,21 @@ impl HealthState {
         }
     }
 
+    /// Reports NOT_SERVING from now on.
     pub async fn begin_shutdown(&self) {
         let mut inputs = self.inputs.lock().await;
         inputs.shutting_down = true;
         self.publish(&inputs).await;
+    }
+
+    /// Ends every open Watch stream. The server closes connections by
+    /// waiting for their open streams, and a watcher would otherwise hold
+    /// shutdown for the whole grace period.
+    pub async fn end_watches(&self) {
+        let mut reporter = self.reporter.clone();
+        for name in SERVICE_NAMES {
+            reporter.clear_service_status(name).await;
+        }
     }
 
     async fn publish(&self, inputs: &Inputs) {

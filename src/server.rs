@@ -98,9 +98,15 @@ pub async fn run(
         async move {
             shutdown.await;
             tracing::info!("shutdown requested: refusing new calls, finishing admitted ones");
-            health.begin_shutdown().await;
+            // Admission closes first so that anyone who sees NOT_SERVING
+            // can rely on new calls being refused.
             admission.close();
+            health.begin_shutdown().await;
             stop.cancel();
+            // Connections stay open until admitted calls finish, so callers
+            // arriving meanwhile get a clean UNAVAILABLE from the handlers.
+            admission.drained().await;
+            health.end_watches().await;
         }
     };
 
@@ -111,8 +117,8 @@ pub async fn run(
         .add_service(persistence)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), begin_drain);
 
-    // Calls finish first (the server drains its connections), then any write
-    // task whose caller went away.
+    // Admitted calls finish first, then the server closes its connections,
+    // then any write task whose caller went away finishes.
     let drained = async {
         serve.await?;
         writes.close();

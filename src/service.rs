@@ -79,7 +79,7 @@ impl PersistenceApi {
     }
 
     async fn complete_run(&self, req: CompleteRunRequest) -> Result<CompleteRunResponse, ApiError> {
-        self.admission.check()?;
+        let _call = self.admission.admit()?;
         let run = Arc::new(self.validate_run(req)?);
         let (snapshot, manifest) = match self.settings.write_mode {
             WriteMode::Concurrent => self.write_concurrently(run).await,
@@ -184,7 +184,7 @@ impl PersistenceApi {
     }
 
     async fn get_manifest(&self, req: GetManifestRequest) -> Result<GetManifestResponse, ApiError> {
-        self.admission.check()?;
+        let _call = self.admission.admit()?;
         validate::id("task_id", &req.task_id)?;
         validate::id("run_id", &req.run_id)?;
         let manifest = self
@@ -212,7 +212,7 @@ impl PersistenceApi {
         &self,
         req: GetTaskSnapshotRequest,
     ) -> Result<GetTaskSnapshotResponse, ApiError> {
-        self.admission.check()?;
+        let _call = self.admission.admit()?;
         validate::id("task_id", &req.task_id)?;
         let after = if req.page_token.is_empty() {
             None

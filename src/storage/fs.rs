@@ -42,10 +42,17 @@ const LOCK_FILE: &str = "runs.lock";
 /// Logs shorter than this are never compacted: rereading them costs little.
 const COMPACTION_MIN_FRAMES: u64 = 1024;
 
+/// In-process writer slots: writers of one task queue here, on the async
+/// side, so at most one blocking thread per slot waits on a task's `flock`.
+/// Without them a burst on one hot task would park every blocking thread on
+/// the lock and starve the manifest writes queued behind them.
+const WRITER_SLOTS: usize = 64;
+
 /// Filesystem storage rooted at a data dir.
 #[derive(Debug, Clone)]
 pub struct FsStorage {
     root: Arc<PathBuf>,
+    writer_slots: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 impl FsStorage {
@@ -58,6 +65,9 @@ impl FsStorage {
         }
         Ok(Self {
             root: Arc::new(root),
+            writer_slots: (0..WRITER_SLOTS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         })
     }
 
@@ -78,6 +88,20 @@ impl FsStorage {
     }
 }
 
+/// For reads, a path component that is not a directory means there is
+/// nothing stored there.
+fn read_error(err: io::Error, location: &str) -> StorageError {
+    match err.kind() {
+        io::ErrorKind::NotADirectory => StorageError::NotFound,
+        _ => StorageError::from_io(err, Path::new(location)),
+    }
+}
+
+fn slot_of(task_id: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(task_id) as usize % WRITER_SLOTS
+}
+
 fn snapshot_location(task_id: &str) -> String {
     format!("{TASKS_DIR}/{task_id}/{LOG_FILE}")
 }
@@ -89,6 +113,8 @@ fn manifest_location(task_id: &str, run_id: &str) -> String {
 #[async_trait]
 impl Storage for FsStorage {
     async fn write_snapshot(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
+        let slot = &self.writer_slots[slot_of(&run.task_id)];
+        let _queued = slot.lock().await;
         self.blocking(move |root| append_snapshot(root, &run)).await
     }
 
@@ -113,7 +139,7 @@ impl Storage for FsStorage {
     ) -> Result<StoredManifest, StorageError> {
         let location = manifest_location(task_id, run_id);
         self.blocking(move |root| {
-            let io_err = |err| StorageError::from_io(err, Path::new(&location));
+            let io_err = |err| read_error(err, &location);
             let mut file = File::open(root.join(&location)).map_err(io_err)?;
             let written_at = file.metadata().and_then(|m| m.modified()).map_err(io_err)?;
             let mut bytes = Vec::new();
@@ -138,8 +164,7 @@ impl Storage for FsStorage {
         self.blocking(move |root| {
             // No lock: the log only ever grows by whole frames or is replaced
             // by rename, and a frame still being appended fails its checks.
-            let bytes = fs::read(root.join(&location))
-                .map_err(|err| StorageError::from_io(err, Path::new(&location)))?;
+            let bytes = fs::read(root.join(&location)).map_err(|err| read_error(err, &location))?;
             let (records, _) = snapshot_log::decode_all(&bytes);
             let runs = records
                 .into_iter()

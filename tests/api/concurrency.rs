@@ -1,0 +1,174 @@
+//! The two writes run at the same time, and concurrent runs of one task are
+//! never lost.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use runstore::{
+    proto::{Outcome, WriteTarget},
+    server::ServerSettings,
+    service::{ServiceSettings, WriteMode},
+    storage::{
+        FsStorage, RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest,
+        WriteReceipt,
+    },
+};
+use tokio::sync::{Mutex, watch};
+
+use crate::helpers::{complete_request, fast_settings, spawn_app, spawn_app_with, ts};
+
+/// A real filesystem store whose writes first announce themselves and wait
+/// (up to a bound) until both writes of the call have started. Each write
+/// records whether it saw the other one in flight.
+struct OverlapProbe {
+    inner: FsStorage,
+    /// Writes currently in flight.
+    started: watch::Sender<usize>,
+    seen: Mutex<Vec<(WriteTarget, bool)>>,
+}
+
+impl OverlapProbe {
+    fn new(inner: FsStorage) -> Self {
+        Self {
+            inner,
+            started: watch::Sender::new(0),
+            seen: Mutex::default(),
+        }
+    }
+
+    async fn arrive(&self, target: WriteTarget) {
+        let mut started = self.started.subscribe();
+        self.started.send_modify(|n| *n += 1);
+        // Bounded so a server that writes one after the other fails this
+        // test instead of hanging it.
+        let both = tokio::time::timeout(Duration::from_secs(2), started.wait_for(|n| *n >= 2))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        self.seen.lock().await.push((target, both));
+    }
+
+    fn leave(&self) {
+        self.started.send_modify(|n| *n -= 1);
+    }
+}
+
+#[async_trait]
+impl Storage for OverlapProbe {
+    async fn write_snapshot(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
+        self.arrive(WriteTarget::Snapshot).await;
+        let result = self.inner.write_snapshot(run).await;
+        self.leave();
+        result
+    }
+    async fn write_manifest(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
+        self.arrive(WriteTarget::Manifest).await;
+        let result = self.inner.write_manifest(run).await;
+        self.leave();
+        result
+    }
+    async fn read_manifest(
+        &self,
+        task_id: &str,
+        run_id: &str,
+    ) -> Result<StoredManifest, StorageError> {
+        self.inner.read_manifest(task_id, run_id).await
+    }
+    async fn read_snapshot(
+        &self,
+        task_id: &str,
+        after: Option<RunCursor>,
+        limit: usize,
+    ) -> Result<SnapshotPage, StorageError> {
+        self.inner.read_snapshot(task_id, after, limit).await
+    }
+    fn snapshot_location(&self, task_id: &str) -> String {
+        self.inner.snapshot_location(task_id)
+    }
+    fn manifest_location(&self, task_id: &str, run_id: &str) -> String {
+        self.inner.manifest_location(task_id, run_id)
+    }
+    async fn check_health(&self) -> Result<(), StorageError> {
+        self.inner.check_health().await
+    }
+}
+
+async fn overlap_seen(mode: WriteMode) -> Vec<(WriteTarget, bool)> {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let probe = Arc::new(OverlapProbe::new(
+        FsStorage::open(dir.path()).expect("open"),
+    ));
+    let settings = ServerSettings {
+        service: ServiceSettings {
+            write_mode: mode,
+            ..ServiceSettings::default()
+        },
+        ..fast_settings()
+    };
+    let app = spawn_app_with(dir, probe.clone(), settings).await;
+    let reply = app.complete_run("task", "run-1", &ts(1)).await;
+    assert_eq!(reply.outcome(), Outcome::AllWritten);
+    let mut seen = probe.seen.lock().await.clone();
+    seen.sort_by_key(|(target, _)| *target as i32);
+    seen
+}
+
+#[tokio::test]
+async fn both_writes_are_in_flight_at_the_same_time() {
+    let seen = overlap_seen(WriteMode::Concurrent).await;
+    assert_eq!(
+        seen,
+        [(WriteTarget::Snapshot, true), (WriteTarget::Manifest, true)]
+    );
+}
+
+/// The probe above can fail: writes made one after the other never overlap.
+#[tokio::test]
+async fn the_overlap_probe_detects_sequential_writes() {
+    let seen = overlap_seen(WriteMode::Sequential).await;
+    assert_eq!(
+        seen,
+        [
+            (WriteTarget::Snapshot, false),
+            (WriteTarget::Manifest, false)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_runs_of_one_task_are_all_kept_in_order() {
+    let app = spawn_app().await;
+    // Several connections, many client tasks, timestamps in scrambled order.
+    let channels: Vec<_> = (0..4).map(|_| app.client()).collect();
+    let calls: Vec<_> = (0..200u32)
+        .map(|i| {
+            let mut client = channels[i as usize % channels.len()].clone();
+            tokio::spawn(async move {
+                let request = complete_request("hot", &format!("run-{i:03}"), &ts((i * 67) % 200));
+                client
+                    .complete_run(request)
+                    .await
+                    .expect("CompleteRun")
+                    .into_inner()
+            })
+        })
+        .collect();
+    for call in calls {
+        let reply = call.await.expect("client task");
+        assert_eq!(
+            reply.outcome(),
+            Outcome::AllWritten,
+            "{:?}",
+            reply.primary_error
+        );
+    }
+
+    let runs = app.all_runs("hot").await;
+    assert_eq!(runs.len(), 200);
+    let mut expected: Vec<_> = (0..200u32)
+        .map(|i| ((i * 67) % 200, format!("run-{i:03}")))
+        .collect();
+    expected.sort();
+    let got: Vec<_> = runs.iter().map(|r| r.run_id.clone()).collect();
+    let expected: Vec<_> = expected.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(got, expected, "timestamp order");
+}
