@@ -51,6 +51,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTORE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// After SIGTERM/SIGINT, how long to keep answering (NOT_SERVING health,
+    /// UNAVAILABLE calls) before closing connections; counts against the grace.
+    #[arg(long, env = "RUNSTORE_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// How often storage is probed (a durable write) for the health status.
     #[arg(long, env = "RUNSTORE_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
@@ -73,6 +78,7 @@ impl ServeArgs {
             },
             shutdown_grace: self.shutdown_grace,
             health_interval: self.health_interval,
+            shutdown_delay: self.shutdown_delay,
         }
     }
 }

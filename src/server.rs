@@ -25,6 +25,10 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// How often storage is probed for health.
     pub health_interval: Duration,
+    /// How long to keep the listener open after shutdown begins, reporting
+    /// NOT_SERVING and refusing calls, so that probes and load balancers see
+    /// the change before connections are refused.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for ServerSettings {
@@ -33,6 +37,7 @@ impl Default for ServerSettings {
             service: ServiceSettings::default(),
             shutdown_grace: Duration::from_secs(30),
             health_interval: Duration::from_secs(5),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -95,6 +100,7 @@ pub async fn run(
 
     let begin_drain = {
         let (health, admission, stop) = (health.clone(), admission.clone(), stop.clone());
+        let delay = settings.shutdown_delay;
         async move {
             shutdown.await;
             tracing::info!("shutdown requested: refusing new calls, finishing admitted ones");
@@ -103,6 +109,7 @@ pub async fn run(
             admission.close();
             health.begin_shutdown().await;
             stop.cancel();
+            tokio::time::sleep(delay).await;
             // Connections stay open until admitted calls finish, so callers
             // arriving meanwhile get a clean UNAVAILABLE from the handlers.
             admission.drained().await;
