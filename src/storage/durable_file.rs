@@ -13,6 +13,15 @@ use std::{
 pub const FILE_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
 
+/// Creates a directory and its missing parents, readable only by the
+/// service's user.
+pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
+}
+
 /// Flushes a directory's entries, making creations and renames in it durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -4,7 +4,9 @@
 
 mod durable_file;
 pub mod fs;
+mod group_commit;
 pub mod history;
+mod snapshot_file;
 pub mod snapshot_log;
 
 use std::{io, path::PathBuf, sync::Arc};
