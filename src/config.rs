@@ -6,7 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    server::ServerSettings,
+    admission::DEFAULT_MAX_IN_FLIGHT,
+    auth::{BearerTokens, TokensError},
+    server::{ServerSettings, TlsSettings},
     service::{DEFAULT_MAX_SUMMARY_BYTES, ServiceSettings, WriteMode},
 };
 
@@ -64,14 +66,69 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Persistence calls served at once; beyond it calls get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RUNSTORE_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+
+    /// PEM certificate chain; serve TLS (requires --tls-key).
+    #[arg(long, env = "RUNSTORE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RUNSTORE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s); clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "RUNSTORE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File of accepted bearer tokens, one per line ('#' comments); persistence
+    /// calls then need `authorization: Bearer <token>`. Health and reflection stay open.
+    #[arg(long, env = "RUNSTORE_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
     /// Benchmark-only: how CompleteRun schedules its two writes.
     #[arg(long, env = "RUNSTORE_WRITE_MODE", value_enum, default_value_t = WriteMode::Concurrent, hide = true)]
     pub write_mode: WriteMode,
 }
 
+/// A file named by a flag could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 impl ServeArgs {
-    pub fn server_settings(&self) -> ServerSettings {
-        ServerSettings {
+    /// Builds the server settings, reading the TLS and token files named.
+    pub fn server_settings(&self) -> Result<ServerSettings, ConfigError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert_pem: read(cert)?,
+                key_pem: read(key)?,
+                client_ca_pem: self.tls_client_ca.as_deref().map(read).transpose()?,
+            }),
+            _ => None,
+        };
+        let auth = self
+            .auth_tokens_file
+            .as_deref()
+            .map(BearerTokens::from_file)
+            .transpose()?;
+        Ok(ServerSettings {
             service: ServiceSettings {
                 max_summary_bytes: self.max_summary_bytes,
                 write_mode: self.write_mode,
@@ -79,6 +136,9 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             health_interval: self.health_interval,
             shutdown_delay: self.shutdown_delay,
-        }
+            max_in_flight: self.max_in_flight,
+            tls,
+            auth,
+        })
     }
 }

@@ -17,6 +17,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("the server is shutting down; retry on another replica")]
     ShuttingDown,
+    #[error("the server is at its limit of {limit} calls in flight; retry with backoff")]
+    Overloaded { limit: usize },
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
 }
@@ -30,7 +32,9 @@ impl From<ApiError> for Status {
                 message,
                 ErrorDetails::with_bad_request_violation(field, rule),
             ),
-            ApiError::SummaryTooLarge { .. } => Status::resource_exhausted(message),
+            ApiError::SummaryTooLarge { .. } | ApiError::Overloaded { .. } => {
+                Status::resource_exhausted(message)
+            }
             ApiError::NotFound(_) => Status::not_found(message),
             ApiError::ShuttingDown => Status::unavailable(message),
             ApiError::Storage(source) => {

@@ -10,12 +10,14 @@
 //! - [`write_report`]: per-write statuses and the manifest-first outcome.
 //! - [`error`]: API errors and their mapping to gRPC codes, in one place.
 //! - [`page_token`]: the opaque GetTaskSnapshot page token.
-//! - [`admission`]: refuses new calls once shutdown begins.
+//! - [`admission`]: the in-flight limit; refuses new calls once shutdown begins.
+//! - [`auth`]: optional bearer tokens for the persistence service.
 //! - [`health`]: `grpc.health.v1` status tied to storage health and shutdown.
 //! - [`storage`]: the `Storage` trait and its filesystem backend.
 //! - [`telemetry`]: tracing setup.
 
 pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;

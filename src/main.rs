@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, std::io::stdout);
+    let settings = args.server_settings()?;
     let storage = FsStorage::open(&args.data_dir)
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
     let listener = TcpListener::bind(args.listen)
@@ -30,15 +31,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         addr = %listener.local_addr()?,
         data_dir = %args.data_dir.display(),
+        tls = args.tls_cert.is_some(),
+        mutual_tls = args.tls_client_ca.is_some(),
+        auth = args.auth_tokens_file.is_some(),
         "listening"
     );
-    server::run(
-        listener,
-        Arc::new(storage),
-        args.server_settings(),
-        shutdown_signal(),
-    )
-    .await?;
+    server::run(listener, Arc::new(storage), settings, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

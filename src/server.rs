@@ -6,18 +6,52 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::Server;
+use tonic::{
+    Request, Status,
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+};
 
 use crate::{
-    admission::Admission,
+    admission::{Admission, DEFAULT_MAX_IN_FLIGHT},
+    auth::BearerTokens,
     health::{HealthState, monitor_storage},
     proto::{self, persistence_service_server::PersistenceServiceServer},
     service::{PersistenceApi, ServiceSettings},
     storage::Storage,
 };
 
+/// TLS material, PEM-encoded.
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("TlsSettings")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSettings {
+    fn server_config(&self) -> ServerTlsConfig {
+        let config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+}
+
 /// Everything `run` needs besides the listener and storage.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub service: ServiceSettings,
     /// How long admitted calls and their writes may take to finish after
@@ -29,6 +63,12 @@ pub struct ServerSettings {
     /// NOT_SERVING and refusing calls, so that probes and load balancers see
     /// the change before connections are refused.
     pub shutdown_delay: Duration,
+    /// Persistence calls served at once; more get RESOURCE_EXHAUSTED.
+    pub max_in_flight: usize,
+    /// Serve TLS (optionally mutual) instead of plaintext.
+    pub tls: Option<TlsSettings>,
+    /// Require one of these bearer tokens on persistence calls.
+    pub auth: Option<BearerTokens>,
 }
 
 impl Default for ServerSettings {
@@ -38,6 +78,9 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(30),
             health_interval: Duration::from_secs(5),
             shutdown_delay: Duration::ZERO,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -70,7 +113,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = HealthState::new(reporter).await;
-    let admission = Admission::default();
+    let admission = Admission::new(settings.max_in_flight);
     let writes = TaskTracker::new();
     let stop = CancellationToken::new();
 
@@ -82,6 +125,16 @@ pub async fn run(
     );
     let persistence = PersistenceServiceServer::new(api)
         .max_decoding_message_size(max_request_bytes(settings.service.max_summary_bytes));
+    let tokens = settings.auth.clone();
+    let persistence = InterceptedService::new(
+        persistence,
+        move |request: Request<()>| -> Result<Request<()>, Status> {
+            match &tokens {
+                Some(tokens) => tokens.check(request),
+                None => Ok(request),
+            }
+        },
+    );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -117,7 +170,11 @@ pub async fn run(
         }
     };
 
-    let serve = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &settings.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let serve = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

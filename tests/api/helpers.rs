@@ -32,6 +32,7 @@ fn init_logs() {
 }
 
 pub struct TestApp {
+    pub port: u16,
     pub client: PersistenceServiceClient<Channel>,
     pub channel: Channel,
     pub data_dir: Arc<TempDir>,
@@ -70,16 +71,21 @@ pub async fn spawn_app_with(
     init_logs();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
+    let tls = settings.tls.is_some();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(server::run(listener, storage, settings, async move {
         let _ = rx.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    // A TLS server gets a lazy plaintext channel that tests do not use;
+    // they build their own TLS channels.
+    let endpoint = Channel::from_shared(format!("http://{addr}")).expect("uri");
+    let channel = if tls {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.expect("connect")
+    };
     TestApp {
+        port: addr.port(),
         client: PersistenceServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),
         channel,
         data_dir,

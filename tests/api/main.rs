@@ -8,4 +8,5 @@ mod lifecycle;
 mod processes;
 mod reads;
 mod round_trip;
+mod security;
 mod validation;
