@@ -2,95 +2,20 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use runstore::{
-    proto::Outcome,
-    storage::{
-        FsStorage, RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest,
-        WriteReceipt,
-    },
-};
-use tokio::sync::{Notify, Semaphore, watch};
+use runstore::proto::Outcome;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+use crate::held_storage::HeldStorage;
 use crate::helpers::{SERVICE_NAME, fast_settings, spawn_app, spawn_app_on, spawn_app_with, ts};
-
-/// A real filesystem store with two gates: its health probe waits until the
-/// store is declared ready, and its manifest writes can be held in flight.
-struct Gated {
-    inner: FsStorage,
-    ready: watch::Sender<bool>,
-    manifest_entered: Notify,
-    manifest_release: Semaphore,
-    hold_manifests: bool,
-}
-
-impl Gated {
-    fn new(inner: FsStorage, hold_manifests: bool) -> Self {
-        Self {
-            inner,
-            ready: watch::Sender::new(false),
-            manifest_entered: Notify::new(),
-            manifest_release: Semaphore::new(0),
-            hold_manifests,
-        }
-    }
-}
-
-#[async_trait]
-impl Storage for Gated {
-    async fn write_snapshot(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
-        self.inner.write_snapshot(run).await
-    }
-    async fn write_manifest(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
-        if self.hold_manifests {
-            self.manifest_entered.notify_one();
-            let _permit = self.manifest_release.acquire().await.expect("gate open");
-        }
-        self.inner.write_manifest(run).await
-    }
-    async fn read_manifest(
-        &self,
-        task_id: &str,
-        run_id: &str,
-    ) -> Result<StoredManifest, StorageError> {
-        self.inner.read_manifest(task_id, run_id).await
-    }
-    async fn read_snapshot(
-        &self,
-        task_id: &str,
-        after: Option<RunCursor>,
-        limit: usize,
-    ) -> Result<SnapshotPage, StorageError> {
-        self.inner.read_snapshot(task_id, after, limit).await
-    }
-    fn snapshot_location(&self, task_id: &str) -> String {
-        self.inner.snapshot_location(task_id)
-    }
-    fn manifest_location(&self, task_id: &str, run_id: &str) -> String {
-        self.inner.manifest_location(task_id, run_id)
-    }
-    async fn check_health(&self) -> Result<(), StorageError> {
-        self.ready
-            .subscribe()
-            .wait_for(|ready| *ready)
-            .await
-            .expect("ready gate");
-        self.inner.check_health().await
-    }
-}
 
 #[tokio::test]
 async fn health_is_not_serving_until_storage_proves_writable() {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let storage = Arc::new(Gated::new(
-        FsStorage::open(dir.path()).expect("open"),
-        false,
-    ));
+    let storage = HeldStorage::new(dir.path(), false, false);
     let app = spawn_app_with(dir, storage.clone(), fast_settings()).await;
 
     assert_eq!(app.health("").await, ServingStatus::NotServing);
@@ -143,8 +68,7 @@ async fn a_restart_keeps_every_run() {
 #[tokio::test]
 async fn shutdown_refuses_new_calls_and_finishes_admitted_ones() {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let storage = Arc::new(Gated::new(FsStorage::open(dir.path()).expect("open"), true));
-    storage.ready.send_replace(true);
+    let storage = HeldStorage::new(dir.path(), true, true);
     let mut app = spawn_app_with(dir, storage.clone(), fast_settings()).await;
     app.wait_for_health(ServingStatus::Serving).await;
     let mut watch = HealthClient::new(app.channel.clone())
@@ -165,7 +89,7 @@ async fn shutdown_refuses_new_calls_and_finishes_admitted_ones() {
         let request = crate::helpers::complete_request("task", "admitted", &ts(1));
         tokio::spawn(async move { client.clone().complete_run(request).await })
     };
-    storage.manifest_entered.notified().await;
+    storage.wait_held(1).await;
 
     // ...then shutdown: health turns NOT_SERVING at once.
     app.begin_shutdown();
@@ -185,7 +109,7 @@ async fn shutdown_refuses_new_calls_and_finishes_admitted_ones() {
         .expect_err("new calls are refused");
     assert_eq!(refused.code(), Code::Unavailable);
 
-    storage.manifest_release.add_permits(1);
+    storage.release(1);
     let reply = admitted
         .await
         .expect("client task")

@@ -2,11 +2,16 @@
 //! data dir per test.
 
 mod concurrency;
+mod crash;
 mod failures;
+mod faults;
+mod held_storage;
 mod helpers;
 mod lifecycle;
+mod overload;
 mod processes;
 mod reads;
 mod round_trip;
 mod security;
+mod shutdown_load;
 mod validation;
