@@ -17,6 +17,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("the server is shutting down; retry on another replica")]
     ShuttingDown,
+    #[error(
+        "the deadline passed before both writes finished; they go on and may complete, and a retry is safe"
+    )]
+    DeadlineExceeded,
     #[error("the server is at its limit of {limit} calls in flight; retry with backoff")]
     Overloaded { limit: usize },
     #[error("storage: {0}")]
@@ -37,6 +41,7 @@ impl From<ApiError> for Status {
             }
             ApiError::NotFound(_) => Status::not_found(message),
             ApiError::ShuttingDown => Status::unavailable(message),
+            ApiError::DeadlineExceeded => Status::deadline_exceeded(message),
             ApiError::Storage(source) => {
                 tracing::error!(error = %source, "storage read failed");
                 Status::new(storage_failure(&source).code, message)

@@ -8,6 +8,7 @@
 //! - [`service`]: the handlers: validate, dispatch both writes, build the reply.
 //! - [`validate`]: id, timestamp and JSON rules.
 //! - [`write_report`]: per-write statuses and the manifest-first outcome.
+//! - [`deadline`]: the caller's `grpc-timeout`, answered with DEADLINE_EXCEEDED.
 //! - [`error`]: API errors and their mapping to gRPC codes, in one place.
 //! - [`page_token`]: the opaque GetTaskSnapshot page token.
 //! - [`admission`]: the in-flight limit; refuses new calls once shutdown begins.
@@ -19,6 +20,7 @@
 pub mod admission;
 pub mod auth;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod page_token;

@@ -8,6 +8,7 @@ use tracing::{Instrument, field};
 
 use crate::{
     admission::Admission,
+    deadline,
     error::ApiError,
     page_token,
     proto::{
@@ -78,12 +79,26 @@ impl PersistenceApi {
         }
     }
 
-    async fn complete_run(&self, req: CompleteRunRequest) -> Result<CompleteRunResponse, ApiError> {
+    async fn complete_run(
+        &self,
+        req: CompleteRunRequest,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<CompleteRunResponse, ApiError> {
         let _call = self.admission.admit()?;
         let run = Arc::new(self.validate_run(req)?);
-        let (snapshot, manifest) = match self.settings.write_mode {
-            WriteMode::Concurrent => self.write_concurrently(run).await,
-            WriteMode::Sequential => self.write_sequentially(run).await,
+        let writes = async {
+            match self.settings.write_mode {
+                WriteMode::Concurrent => self.write_concurrently(run).await,
+                WriteMode::Sequential => self.write_sequentially(run).await,
+            }
+        };
+        // Dropping `writes` stops only the waiting: each write is its own
+        // task and runs to completion.
+        let (snapshot, manifest) = match deadline {
+            Some(budget) => tokio::time::timeout(budget, writes)
+                .await
+                .map_err(|_| ApiError::DeadlineExceeded)?,
+            None => writes.await,
         };
         let reply = complete_run_response(snapshot, manifest);
         if let Some(primary) = &reply.primary_error {
@@ -307,9 +322,10 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<CompleteRunRequest>,
     ) -> Result<Response<CompleteRunResponse>, Status> {
+        let deadline = deadline::budget(request.metadata());
         let req = request.into_inner();
         let span = rpc_span("CompleteRun", &req.task_id, Some(&req.run_id));
-        let reply = self.complete_run(req).instrument(span).await?;
+        let reply = self.complete_run(req, deadline).instrument(span).await?;
         Ok(Response::new(reply))
     }
 

@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod crash;
+mod deadlines;
 mod failures;
 mod faults;
 mod held_storage;
