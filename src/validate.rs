@@ -2,13 +2,13 @@
 //! Every failure names the field and the rule it broke.
 
 use chrono::DateTime;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::{error::ApiError, storage::RunInstant};
 
-/// Deepest nesting of arrays and objects accepted in a summary: what common
-/// JSON parsers downstream (serde_json, for one) accept by default.
-pub const MAX_SUMMARY_DEPTH: usize = 128;
+/// Deepest nesting of arrays and objects accepted in a summary: what
+/// serde_json, a common parser downstream, accepts by default.
+pub const MAX_SUMMARY_DEPTH: usize = 127;
 
 /// Longest id in bytes: one path component on common file systems.
 pub const MAX_ID_BYTES: usize = 255;
@@ -94,15 +94,18 @@ pub fn timestamp(field: &'static str, value: &str) -> Result<RunInstant, ApiErro
             format!("must be an RFC 3339 timestamp like 2026-01-05T19:26:37.274Z ({err})"),
         )
     })?;
+    // chrono reads a leap second (:60) as nanos >= 1e9; it orders as the
+    // last instant of the second before it.
     Ok(RunInstant {
         secs: parsed.timestamp(),
-        nanos: parsed.timestamp_subsec_nanos(),
+        nanos: parsed.timestamp_subsec_nanos().min(999_999_999),
     })
 }
 
-/// Checks that a summary is one JSON object and that the `taskId` / `runId`
-/// it carries, if any, match the request. The summary is stored as sent, so
-/// this only reads it: values other than those two are skipped unparsed.
+/// Checks that a summary is one JSON object that downstream parsers accept
+/// (numbers in range, valid escapes, bounded nesting) and that the `taskId`
+/// / `runId` it carries, if any, match the request. The summary is stored as
+/// sent, so this only reads it: no value tree is built.
 pub fn summary(
     field: &'static str,
     json: &str,
@@ -142,6 +145,56 @@ pub fn summary(
         }
     }
     Ok(())
+}
+
+/// Any JSON value, checked as serde_json checks it when it builds a value
+/// (unlike `IgnoredAny`, which skips numbers and escapes unchecked), without
+/// keeping anything.
+struct ValidJson;
+
+impl<'de> serde::Deserialize<'de> for ValidJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ValidJsonVisitor)
+    }
+}
+
+struct ValidJsonVisitor;
+
+impl<'de> Visitor<'de> for ValidJsonVisitor {
+    type Value = ValidJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+    fn visit_unit<E>(self) -> Result<ValidJson, E> {
+        Ok(ValidJson)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ValidJson, A::Error> {
+        while seq.next_element::<ValidJson>()?.is_some() {}
+        Ok(ValidJson)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ValidJson, A::Error> {
+        while map
+            .next_entry::<std::borrow::Cow<'de, str>, ValidJson>()?
+            .is_some()
+        {}
+        Ok(ValidJson)
+    }
 }
 
 /// The deepest nesting of `[` and `{` outside strings, found in one pass
@@ -202,7 +255,7 @@ impl<'de> Visitor<'de> for SummaryIdsVisitor {
                 "taskId" => &mut ids.task_id,
                 "runId" => &mut ids.run_id,
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<ValidJson>()?;
                     continue;
                 }
             };
@@ -271,6 +324,27 @@ mod tests {
     }
 
     #[test]
+    fn a_leap_second_orders_as_the_end_of_the_second_before() {
+        let leap = timestamp("timestamp", "2016-12-31T23:59:60.5Z").expect("leap second");
+        let before = timestamp("timestamp", "2016-12-31T23:59:59.999999999Z").expect("before");
+        assert_eq!(leap, before);
+    }
+
+    #[test]
+    fn summaries_are_checked_as_strictly_as_serde_json_parses_them() {
+        for (json, expected) in [
+            (r#"{"a":1e400}"#, "out of range"),
+            (r#"{"a":"\ud800"}"#, "JSON object"),
+            (r#"{"a":[1,2,{"b":"\u00"}]}"#, "JSON object"),
+        ] {
+            let rule = rule_of(summary("summary_json", json, "t", "r"));
+            assert!(rule.contains(expected), "{json}: {rule}");
+        }
+        let ok = r#"{"a":[1e300,-5,"\u00e9\ud83d\ude00",null,true,{"b":{}}]}"#;
+        assert!(summary("summary_json", ok, "t", "r").is_ok());
+    }
+
+    #[test]
     fn timestamps_order_by_instant_not_text() {
         let utc = timestamp("timestamp", "2026-01-05T19:26:37.274Z").expect("utc");
         let offset = timestamp("timestamp", "2026-01-05T20:26:37.274000+01:00").expect("offset");
@@ -309,8 +383,8 @@ mod tests {
     fn deep_nesting_is_rejected_without_overflowing_the_stack() {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         let rule = rule_of(summary("summary_json", &deep, "t", "r"));
-        assert!(rule.contains("at most 128 deep"), "{rule}");
-        let nested_ok = format!("{}{}", "[".repeat(127), "]".repeat(127));
+        assert!(rule.contains("at most 127 deep"), "{rule}");
+        let nested_ok = format!("{}{}", "[".repeat(126), "]".repeat(126));
         assert!(
             summary(
                 "summary_json",

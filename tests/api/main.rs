@@ -14,5 +14,6 @@ mod processes;
 mod reads;
 mod round_trip;
 mod security;
+mod server_process;
 mod shutdown_load;
 mod validation;

@@ -39,8 +39,8 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    crash::start_server,
     helpers::{SERVICE_NAME, complete_request, ts},
+    server_process::start_server,
 };
 
 const CALLS: u32 = 150;

@@ -260,3 +260,36 @@ async fn the_default_limit_is_4_mib() {
     let reply = app.complete_run("task", "run", &ts(1)).await;
     assert_eq!(reply.outcome(), Outcome::AllWritten);
 }
+
+#[tokio::test]
+async fn look_alike_characters_stay_inside_one_directory() {
+    let app = spawn_app().await;
+    // Full-width solidus, division slash, fraction slash, one-dot leader,
+    // a C1 control: none is a path separator, so each id stays one name.
+    for task in [
+        "a\u{ff0f}b",
+        "a\u{2215}b",
+        "a\u{2044}b",
+        "\u{2024}\u{2024}",
+        "a\u{85}b",
+        &"é".repeat(127),
+    ] {
+        let reply = app
+            .try_complete_run(ids(task, "run"))
+            .await
+            .expect("accepted");
+        assert_eq!(reply.outcome(), Outcome::AllWritten, "{task:?}");
+        assert!(
+            app.data_path()
+                .join("runs")
+                .join(task)
+                .join("run/manifest.json")
+                .is_file(),
+            "{task:?}"
+        );
+    }
+    let entries = std::fs::read_dir(app.data_path().join("runs"))
+        .expect("runs")
+        .count();
+    assert_eq!(entries, 6, "each id is exactly one directory under runs/");
+}
