@@ -104,3 +104,67 @@ async fn repeating_a_run_replaces_its_entry_and_rewrites_its_manifest() {
     let manifest = app.get_manifest("task", "run-1").await.expect("manifest");
     assert_eq!(manifest.summary_json, retry.summary_json);
 }
+
+#[tokio::test]
+async fn stored_files_are_private_to_the_service_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("fresh-data-dir");
+    let storage = std::sync::Arc::new(runstore::storage::FsStorage::open(&data).expect("open"));
+    let app = crate::helpers::spawn_app_with(
+        std::sync::Arc::new(dir),
+        storage,
+        crate::helpers::fast_settings(),
+    )
+    .await;
+    app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    app.complete_run("task", "run-1", &ts(1)).await;
+
+    let mode = |path: &str| {
+        let meta = std::fs::metadata(data.join(path)).unwrap_or_else(|err| panic!("{path}: {err}"));
+        meta.permissions().mode() & 0o777
+    };
+    for dir in [
+        "",
+        "runs",
+        "runs/task",
+        "runs/task/run-1",
+        "tasks",
+        "tasks/task",
+    ] {
+        assert_eq!(mode(dir), 0o700, "directory {dir:?}");
+    }
+    for file in [
+        "runs/task/run-1/manifest.json",
+        "tasks/task/runs.log",
+        "tasks/task/runs.lock",
+    ] {
+        assert_eq!(mode(file), 0o600, "file {file:?}");
+    }
+}
+
+#[tokio::test]
+async fn duplicate_keys_other_than_the_ids_are_stored_as_sent() {
+    let app = spawn_app().await;
+    // JSON allows repeated names; only a repeated taskId/runId is ambiguous
+    // enough to refuse. Everything else is kept byte for byte.
+    let summary = r#"{"taskId":"task","attempt":1,"attempt":2,"runId":"run-1"}"#;
+    let reply = app
+        .try_complete_run(CompleteRunRequest {
+            task_id: "task".into(),
+            run_id: "run-1".into(),
+            timestamp: ts(1),
+            summary_json: summary.into(),
+        })
+        .await
+        .expect("accepted");
+    assert_eq!(reply.outcome(), Outcome::AllWritten);
+    assert_eq!(
+        app.get_manifest("task", "run-1")
+            .await
+            .expect("manifest")
+            .summary_json,
+        summary
+    );
+}
