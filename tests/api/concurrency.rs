@@ -8,35 +8,27 @@ use runstore::{
     proto::{Outcome, WriteTarget},
     server::ServerSettings,
     service::{ServiceSettings, WriteMode},
-    storage::{
-        FsStorage, RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest,
-        WriteReceipt,
-    },
 };
 use tokio::sync::{Mutex, watch};
 
-use crate::helpers::{complete_request, fast_settings, spawn_app, spawn_app_with, ts};
+use crate::{
+    held_storage::{Hooked, Hooks},
+    helpers::{complete_request, fast_settings, spawn_app, spawn_app_with, ts},
+};
 
-/// A real filesystem store whose writes first announce themselves and wait
-/// (up to a bound) until both writes of the call have started. Each write
-/// records whether it saw the other one in flight.
+/// Hooks under which each write announces itself and waits (up to a bound)
+/// until both writes of the call have started, recording whether it saw the
+/// other one in flight.
+#[derive(Default)]
 struct OverlapProbe {
-    inner: FsStorage,
     /// Writes currently in flight.
     started: watch::Sender<usize>,
     seen: Mutex<Vec<(WriteTarget, bool)>>,
 }
 
-impl OverlapProbe {
-    fn new(inner: FsStorage) -> Self {
-        Self {
-            inner,
-            started: watch::Sender::new(0),
-            seen: Mutex::default(),
-        }
-    }
-
-    async fn arrive(&self, target: WriteTarget) {
+#[async_trait]
+impl Hooks for OverlapProbe {
+    async fn before_write(&self, target: WriteTarget) {
         let mut started = self.started.subscribe();
         self.started.send_modify(|n| *n += 1);
         // Bounded so a server that writes one after the other fails this
@@ -47,56 +39,14 @@ impl OverlapProbe {
         self.seen.lock().await.push((target, both));
     }
 
-    fn leave(&self) {
+    async fn after_write(&self, _target: WriteTarget) {
         self.started.send_modify(|n| *n -= 1);
-    }
-}
-
-#[async_trait]
-impl Storage for OverlapProbe {
-    async fn write_snapshot(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
-        self.arrive(WriteTarget::Snapshot).await;
-        let result = self.inner.write_snapshot(run).await;
-        self.leave();
-        result
-    }
-    async fn write_manifest(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
-        self.arrive(WriteTarget::Manifest).await;
-        let result = self.inner.write_manifest(run).await;
-        self.leave();
-        result
-    }
-    async fn read_manifest(
-        &self,
-        task_id: &str,
-        run_id: &str,
-    ) -> Result<StoredManifest, StorageError> {
-        self.inner.read_manifest(task_id, run_id).await
-    }
-    async fn read_snapshot(
-        &self,
-        task_id: &str,
-        after: Option<RunCursor>,
-        limit: usize,
-    ) -> Result<SnapshotPage, StorageError> {
-        self.inner.read_snapshot(task_id, after, limit).await
-    }
-    fn snapshot_location(&self, task_id: &str) -> String {
-        self.inner.snapshot_location(task_id)
-    }
-    fn manifest_location(&self, task_id: &str, run_id: &str) -> String {
-        self.inner.manifest_location(task_id, run_id)
-    }
-    async fn check_health(&self) -> Result<(), StorageError> {
-        self.inner.check_health().await
     }
 }
 
 async fn overlap_seen(mode: WriteMode) -> Vec<(WriteTarget, bool)> {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let probe = Arc::new(OverlapProbe::new(
-        FsStorage::open(dir.path()).expect("open"),
-    ));
+    let probe = Hooked::with_hooks(dir.path(), OverlapProbe::default());
     let settings = ServerSettings {
         service: ServiceSettings {
             write_mode: mode,

@@ -1,64 +1,69 @@
-//! A real filesystem store with two gates, for tests that need a call held
-//! mid-write or storage that is not ready yet.
+//! Real filesystem stores with hooks around their writes and health probe,
+//! for tests that must hold a call mid-write, keep storage "not ready", or
+//! observe two writes in flight.
 
-use std::sync::Arc;
+use std::{ops::Deref, sync::Arc};
 
 use async_trait::async_trait;
-use runstore::storage::{
-    FsStorage, RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest,
-    WriteReceipt,
+use runstore::{
+    proto::WriteTarget,
+    storage::{
+        FsStorage, RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest,
+        WriteReceipt,
+    },
 };
 use tokio::sync::{Semaphore, watch};
 
-pub struct HeldStorage {
-    inner: FsStorage,
-    /// The health probe waits until this is true.
-    pub ready: watch::Sender<bool>,
-    hold_manifests: bool,
-    /// Manifest writes currently held.
-    held: watch::Sender<usize>,
-    release: Semaphore,
+/// What a test runs around the real store's operations.
+#[async_trait]
+pub trait Hooks: Send + Sync + 'static {
+    async fn before_write(&self, _target: WriteTarget) {}
+    async fn after_write(&self, _target: WriteTarget) {}
+    async fn before_health_check(&self) {}
 }
 
-impl HeldStorage {
-    /// `hold_manifests`: every manifest write waits for [`Self::release`].
-    pub fn new(data_dir: &std::path::Path, ready: bool, hold_manifests: bool) -> Arc<Self> {
+/// `FsStorage` with `H` run around every write and health probe. Derefs to
+/// the hooks so tests can steer them.
+pub struct Hooked<H> {
+    inner: FsStorage,
+    hooks: H,
+}
+
+impl<H: Hooks> Hooked<H> {
+    pub fn with_hooks(data_dir: &std::path::Path, hooks: H) -> Arc<Self> {
         Arc::new(Self {
             inner: FsStorage::open(data_dir).expect("open storage"),
-            ready: watch::Sender::new(ready),
-            hold_manifests,
-            held: watch::Sender::new(0),
-            release: Semaphore::new(0),
+            hooks,
         })
     }
 
-    /// Waits until `n` manifest writes are held.
-    pub async fn wait_held(&self, n: usize) {
-        self.held
-            .subscribe()
-            .wait_for(|held| *held >= n)
-            .await
-            .expect("held counter");
+    async fn write<F>(&self, target: WriteTarget, write: F) -> Result<WriteReceipt, StorageError>
+    where
+        F: Future<Output = Result<WriteReceipt, StorageError>>,
+    {
+        self.hooks.before_write(target).await;
+        let result = write.await;
+        self.hooks.after_write(target).await;
+        result
     }
+}
 
-    /// Lets `n` held manifest writes go on.
-    pub fn release(&self, n: usize) {
-        self.release.add_permits(n);
+impl<H> Deref for Hooked<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.hooks
     }
 }
 
 #[async_trait]
-impl Storage for HeldStorage {
+impl<H: Hooks> Storage for Hooked<H> {
     async fn write_snapshot(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
-        self.inner.write_snapshot(run).await
+        self.write(WriteTarget::Snapshot, self.inner.write_snapshot(run))
+            .await
     }
     async fn write_manifest(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
-        if self.hold_manifests {
-            self.held.send_modify(|n| *n += 1);
-            self.release.acquire().await.expect("gate").forget();
-            self.held.send_modify(|n| *n -= 1);
-        }
-        self.inner.write_manifest(run).await
+        self.write(WriteTarget::Manifest, self.inner.write_manifest(run))
+            .await
     }
     async fn read_manifest(
         &self,
@@ -82,11 +87,67 @@ impl Storage for HeldStorage {
         self.inner.manifest_location(task_id, run_id)
     }
     async fn check_health(&self) -> Result<(), StorageError> {
+        self.hooks.before_health_check().await;
+        self.inner.check_health().await
+    }
+}
+
+/// Gates: the health probe waits until `ready`; manifest writes (when held)
+/// wait for [`Held::release`].
+pub struct Held {
+    pub ready: watch::Sender<bool>,
+    hold_manifests: bool,
+    /// Manifest writes currently held.
+    held: watch::Sender<usize>,
+    release: Semaphore,
+}
+
+pub type HeldStorage = Hooked<Held>;
+
+impl HeldStorage {
+    pub fn new(data_dir: &std::path::Path, ready: bool, hold_manifests: bool) -> Arc<Self> {
+        Self::with_hooks(
+            data_dir,
+            Held {
+                ready: watch::Sender::new(ready),
+                hold_manifests,
+                held: watch::Sender::new(0),
+                release: Semaphore::new(0),
+            },
+        )
+    }
+}
+
+impl Held {
+    /// Waits until `n` manifest writes are held.
+    pub async fn wait_held(&self, n: usize) {
+        self.held
+            .subscribe()
+            .wait_for(|held| *held >= n)
+            .await
+            .expect("held counter");
+    }
+
+    /// Lets `n` held manifest writes go on.
+    pub fn release(&self, n: usize) {
+        self.release.add_permits(n);
+    }
+}
+
+#[async_trait]
+impl Hooks for Held {
+    async fn before_write(&self, target: WriteTarget) {
+        if self.hold_manifests && target == WriteTarget::Manifest {
+            self.held.send_modify(|n| *n += 1);
+            self.release.acquire().await.expect("gate").forget();
+            self.held.send_modify(|n| *n -= 1);
+        }
+    }
+    async fn before_health_check(&self) {
         self.ready
             .subscribe()
             .wait_for(|ready| *ready)
             .await
             .expect("ready gate");
-        self.inner.check_health().await
     }
 }

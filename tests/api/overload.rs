@@ -1,18 +1,18 @@
 //! Beyond the in-flight limit, calls are refused at once with
 //! RESOURCE_EXHAUSTED instead of piling up; memory stays bounded in a burst.
 
-use std::{process::Stdio, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use runstore::{
     proto::{CompleteRunRequest, Outcome, persistence_service_client::PersistenceServiceClient},
     server::ServerSettings,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 
 use crate::{
     held_storage::HeldStorage,
     helpers::{complete_request, fast_settings, spawn_app_with, ts},
+    server_process::start_server,
 };
 
 #[tokio::test]
@@ -79,37 +79,8 @@ async fn memory_stays_bounded_in_a_burst() {
     const LIMIT_MIB: u64 = 768;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runstore"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--max-in-flight",
-            "64",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn,runstore=info")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start runstore");
-    let pid = child.id().expect("pid");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("startup")
-            .expect("log")
-            .expect("server exited");
-        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log");
-        if event["message"] == "listening" {
-            break event["addr"].as_str().expect("addr").to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let server = start_server(dir.path(), &["--max-in-flight", "64"]).await;
+    let (pid, addr) = (server.pid(), server.addr.clone());
     let baseline = peak_rss_kib(pid);
 
     let clients: Vec<_> = futures::future::join_all(
@@ -170,5 +141,5 @@ async fn memory_stays_bounded_in_a_burst() {
     assert_eq!(written + shed, CALLS);
     assert!(written > 0);
     assert!(peak / 1024 < LIMIT_MIB, "peak RSS {} MiB", peak / 1024);
-    let _ = child.start_kill();
+    assert_eq!(server.terminate().await.code(), Some(0));
 }
