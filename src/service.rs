@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, field};
 
 use crate::{
-    admission::Admission,
+    admission::{Admission, AdmittedCall},
     deadline,
     error::ApiError,
     page_token,
@@ -84,12 +84,14 @@ impl PersistenceApi {
         req: CompleteRunRequest,
         deadline: Option<std::time::Duration>,
     ) -> Result<CompleteRunResponse, ApiError> {
-        let _call = self.admission.admit()?;
+        // Shared with the write tasks: the call's in-flight slot is held
+        // until its writes are done, even if the caller stops waiting.
+        let call = Arc::new(self.admission.admit()?);
         let run = Arc::new(self.validate_run(req)?);
         let writes = async {
             match self.settings.write_mode {
-                WriteMode::Concurrent => self.write_concurrently(run).await,
-                WriteMode::Sequential => self.write_sequentially(run).await,
+                WriteMode::Concurrent => self.write_concurrently(run, &call).await,
+                WriteMode::Sequential => self.write_sequentially(run, &call).await,
             }
         };
         // Dropping `writes` stops only the waiting: each write is its own
@@ -133,9 +135,13 @@ impl PersistenceApi {
     /// Each write is its own task, so it runs to completion even if the
     /// caller goes away, and a slow or failing write never holds up the
     /// other. `join!`, not `try_join!`: both outcomes are always reported.
-    async fn write_concurrently(&self, run: Arc<RunRecord>) -> (WriteStatus, WriteStatus) {
-        let snapshot = self.spawn_write(WriteTarget::Snapshot, Arc::clone(&run));
-        let manifest = self.spawn_write(WriteTarget::Manifest, Arc::clone(&run));
+    async fn write_concurrently(
+        &self,
+        run: Arc<RunRecord>,
+        call: &Arc<AdmittedCall>,
+    ) -> (WriteStatus, WriteStatus) {
+        let snapshot = self.spawn_write(WriteTarget::Snapshot, Arc::clone(&run), Arc::clone(call));
+        let manifest = self.spawn_write(WriteTarget::Manifest, Arc::clone(&run), Arc::clone(call));
         let (snapshot, manifest) = tokio::join!(snapshot, manifest);
         (
             self.joined(WriteTarget::Snapshot, &run, snapshot),
@@ -145,11 +151,17 @@ impl PersistenceApi {
 
     /// The manifest, then the snapshot, in one task: what an orchestrator
     /// doing both writes in-process would do.
-    async fn write_sequentially(&self, run: Arc<RunRecord>) -> (WriteStatus, WriteStatus) {
+    async fn write_sequentially(
+        &self,
+        run: Arc<RunRecord>,
+        call: &Arc<AdmittedCall>,
+    ) -> (WriteStatus, WriteStatus) {
+        let call = Arc::clone(call);
         let storage = Arc::clone(&self.storage);
         let task_run = Arc::clone(&run);
         let both = self.writes.spawn(
             async move {
+                let _call = call;
                 let manifest =
                     timed_write(WriteTarget::Manifest, &storage, Arc::clone(&task_run)).await;
                 let snapshot = timed_write(WriteTarget::Snapshot, &storage, task_run).await;
@@ -170,10 +182,16 @@ impl PersistenceApi {
         &self,
         target: WriteTarget,
         run: Arc<RunRecord>,
+        call: Arc<AdmittedCall>,
     ) -> tokio::task::JoinHandle<WriteStatus> {
         let storage = Arc::clone(&self.storage);
-        self.writes
-            .spawn(async move { timed_write(target, &storage, run).await }.in_current_span())
+        self.writes.spawn(
+            async move {
+                let _call = call;
+                timed_write(target, &storage, run).await
+            }
+            .in_current_span(),
+        )
     }
 
     fn joined(

@@ -58,3 +58,33 @@ async fn a_passed_deadline_is_deadline_exceeded_and_the_write_still_completes() 
     assert_eq!(valid, log.len());
     assert_eq!(records.len(), 2);
 }
+
+#[tokio::test]
+async fn writes_a_caller_left_behind_still_count_against_the_in_flight_limit() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let storage = HeldStorage::new(dir.path(), true, true);
+    let settings = runstore::server::ServerSettings {
+        max_in_flight: 1,
+        ..fast_settings()
+    };
+    let app = spawn_app_with(dir, storage.clone(), settings).await;
+
+    let mut request = tonic::Request::new(complete_request("slow", "run-1", &ts(1)));
+    request.set_timeout(Duration::from_millis(200));
+    let err = app
+        .client()
+        .complete_run(request)
+        .await
+        .expect_err("deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+
+    // Its write is still held, so the one slot is still taken.
+    let err = app
+        .try_complete_run(complete_request("slow", "run-2", &ts(2)))
+        .await
+        .expect_err("slot taken");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+
+    storage.release(2);
+    app.stop().await;
+}
