@@ -101,6 +101,14 @@ fn max_request_bytes(max_summary_bytes: usize) -> usize {
         .saturating_add(1024 * 1024)
 }
 
+/// Reflection of the contract and of the health service, so grpcurl and ghz
+/// need no proto files.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
 /// Accepted connections with TCP_NODELAY: without it, Nagle's algorithm
 /// and delayed ACKs add ~40 ms to every small reply. Keepalive detects peers
 /// that vanished without closing their connection.
@@ -143,14 +151,8 @@ pub async fn run(
             }
         },
     );
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     tokio::spawn(monitor_storage(
         storage,
