@@ -59,9 +59,11 @@ pub fn ensure_dirs(root: &Path, components: &[&str]) -> io::Result<PathBuf> {
 
 /// Replaces `dir/name` with `bytes` atomically: temp file, fsync, rename,
 /// fsync of the directory. On failure the temp file is removed and any
-/// previous content of `dir/name` is left as it was.
-pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let temp = dir.join(temp_name(name));
+/// previous content of `dir/name` is left as it was. `owner` (an instance
+/// tag) goes into the temp file's name, so a crash's leftover can be told
+/// from a write in progress.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8], owner: &str) -> io::Result<()> {
+    let temp = dir.join(temp_name(name, owner));
     let result = write_new(&temp, bytes).and_then(|()| fs::rename(&temp, dir.join(name)));
     if result.is_err() {
         // Best effort: the original error is what the caller needs to see.
@@ -82,11 +84,11 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// A name no other writer (thread or process) uses at the same time, hidden
-/// from directory listings of finished files.
-fn temp_name(name: &str) -> String {
+/// from directory listings of finished files: `.<name>.<owner>.<n>.tmp`.
+fn temp_name(name: &str, owner: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!(".{name}.{}.{n}.tmp", std::process::id())
+    format!(".{name}.{owner}.{n}.tmp")
 }
 
 #[cfg(test)]
@@ -96,8 +98,8 @@ mod tests {
     #[test]
     fn replace_file_leaves_only_the_final_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        replace_file(dir.path(), "m.json", b"one").expect("first write");
-        replace_file(dir.path(), "m.json", b"two").expect("second write");
+        replace_file(dir.path(), "m.json", b"one", "t").expect("first write");
+        replace_file(dir.path(), "m.json", b"two", "t").expect("second write");
         assert_eq!(fs::read(dir.path().join("m.json")).expect("read"), b"two");
         let names: Vec<_> = fs::read_dir(dir.path())
             .expect("list")

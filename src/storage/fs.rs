@@ -26,6 +26,7 @@ use super::{
     durable_file::{create_private_dir_all, ensure_dirs, replace_file},
     group_commit::GroupCommit,
     history::page_of,
+    instance::{Instance, PROBE_PREFIX},
     snapshot_file::{self, TASKS_DIR},
     snapshot_log::{self, LogRecord},
 };
@@ -36,7 +37,7 @@ const MANIFEST_FILE: &str = "manifest.json";
 /// Filesystem storage rooted at a data dir.
 #[derive(Debug, Clone)]
 pub struct FsStorage {
-    root: Arc<PathBuf>,
+    instance: Arc<Instance>,
     snapshots: GroupCommit,
 }
 
@@ -48,25 +49,25 @@ impl FsStorage {
         for dir in [RUNS_DIR, TASKS_DIR] {
             ensure_dirs(&root, &[dir]).map_err(|err| StorageError::from_io(err, Path::new(dir)))?;
         }
-        let root = Arc::new(root);
+        let instance = Arc::new(Instance::new(&root));
         Ok(Self {
-            snapshots: GroupCommit::new(Arc::clone(&root)),
-            root,
+            snapshots: GroupCommit::new(Arc::clone(&instance)),
+            instance,
         })
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        self.instance.root()
     }
 
     /// Runs blocking file I/O off the async workers.
     async fn blocking<T, F>(&self, work: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
-        F: FnOnce(&Path) -> Result<T, StorageError> + Send + 'static,
+        F: FnOnce(&Instance) -> Result<T, StorageError> + Send + 'static,
     {
-        let root = Arc::clone(&self.root);
-        tokio::task::spawn_blocking(move || work(&root))
+        let instance = Arc::clone(&self.instance);
+        tokio::task::spawn_blocking(move || work(&instance))
             .await
             .map_err(|err| StorageError::TaskFailed(err.to_string()))?
     }
@@ -100,11 +101,19 @@ impl Storage for FsStorage {
     }
 
     async fn write_manifest(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
-        self.blocking(move |root| {
+        self.blocking(move |instance| {
             let location = manifest_location(&run.task_id, &run.run_id);
             let io_err = |err| StorageError::from_io(err, Path::new(&location));
-            let dir = ensure_dirs(root, &[RUNS_DIR, &run.task_id, &run.run_id]).map_err(io_err)?;
-            replace_file(&dir, MANIFEST_FILE, run.summary_json.as_bytes()).map_err(io_err)?;
+            let dir = ensure_dirs(instance.root(), &[RUNS_DIR, &run.task_id, &run.run_id])
+                .map_err(io_err)?;
+            // A retry after a crash comes back to the same directory: clear
+            // what the crashed attempt left. Best effort; the write matters.
+            if let Err(err) = instance.sweep(&dir) {
+                tracing::debug!(error = %err, "could not sweep for crash leftovers");
+            }
+            let owner = instance.owner_tag().map_err(io_err)?;
+            replace_file(&dir, MANIFEST_FILE, run.summary_json.as_bytes(), owner)
+                .map_err(io_err)?;
             Ok(WriteReceipt {
                 location,
                 bytes: run.summary_json.len() as u64,
@@ -119,9 +128,9 @@ impl Storage for FsStorage {
         run_id: &str,
     ) -> Result<StoredManifest, StorageError> {
         let location = manifest_location(task_id, run_id);
-        self.blocking(move |root| {
+        self.blocking(move |instance| {
             let io_err = |err| read_error(err, &location);
-            let mut file = File::open(root.join(&location)).map_err(io_err)?;
+            let mut file = File::open(instance.root().join(&location)).map_err(io_err)?;
             let written_at = file.metadata().and_then(|m| m.modified()).map_err(io_err)?;
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes).map_err(io_err)?;
@@ -142,10 +151,11 @@ impl Storage for FsStorage {
         limit: usize,
     ) -> Result<SnapshotPage, StorageError> {
         let location = snapshot_location(task_id);
-        self.blocking(move |root| {
+        self.blocking(move |instance| {
             // No lock: the log only ever grows by whole frames or is replaced
             // by rename, and a frame still being appended fails its checks.
-            let bytes = fs::read(root.join(&location)).map_err(|err| read_error(err, &location))?;
+            let bytes = fs::read(instance.root().join(&location))
+                .map_err(|err| read_error(err, &location))?;
             let (records, _) = snapshot_log::decode_all(&bytes);
             let runs = records
                 .into_iter()
@@ -165,15 +175,19 @@ impl Storage for FsStorage {
     }
 
     async fn check_health(&self) -> Result<(), StorageError> {
-        self.blocking(|root| {
-            let name = format!(".health-probe-{}", std::process::id());
+        self.blocking(|instance| {
+            let root = instance.root();
+            let owner = instance
+                .owner_tag()
+                .map_err(|err| StorageError::from_io(err, root))?;
+            let name = format!("{PROBE_PREFIX}{owner}");
             let io_err = |err| StorageError::from_io(err, Path::new(&name));
             let stamp = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_nanos()
                 .to_string();
-            replace_file(root, &name, stamp.as_bytes()).map_err(io_err)?;
+            replace_file(root, &name, stamp.as_bytes(), owner).map_err(io_err)?;
             fs::remove_file(root.join(&name)).map_err(io_err)
         })
         .await

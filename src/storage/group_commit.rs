@@ -9,13 +9,12 @@
 use std::{
     collections::HashMap,
     io, mem,
-    path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use tokio::sync::oneshot;
 
-use super::{RunRecord, snapshot_file};
+use super::{RunRecord, instance::Instance, snapshot_file};
 
 /// Most runs one batch appends; bounds the size of one write.
 const MAX_BATCH_RUNS: usize = 512;
@@ -34,7 +33,7 @@ type Queues = Arc<Mutex<HashMap<String, Vec<Pending>>>>;
 
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
-    root: Arc<PathBuf>,
+    instance: Arc<Instance>,
     queues: Queues,
 }
 
@@ -47,9 +46,9 @@ impl std::fmt::Debug for Pending {
 }
 
 impl GroupCommit {
-    pub fn new(root: Arc<PathBuf>) -> Self {
+    pub fn new(instance: Arc<Instance>) -> Self {
         Self {
-            root,
+            instance,
             queues: Queues::default(),
         }
     }
@@ -73,10 +72,10 @@ impl GroupCommit {
             }
         };
         if start_flusher {
-            let (root, queues) = (Arc::clone(&self.root), Arc::clone(&self.queues));
+            let (instance, queues) = (Arc::clone(&self.instance), Arc::clone(&self.queues));
             // Detached on purpose: the flusher answers every writer it took,
             // whether or not the first one is still waiting.
-            tokio::task::spawn_blocking(move || flush(&root, &queues, &task_id));
+            tokio::task::spawn_blocking(move || flush(&instance, &queues, &task_id));
         }
         result
             .await
@@ -91,7 +90,7 @@ fn lock(queues: &Queues) -> MutexGuard<'_, HashMap<String, Vec<Pending>>> {
 }
 
 /// Appends batches for `task_id` until nobody is waiting, then retires.
-fn flush(root: &std::path::Path, queues: &Queues, task_id: &str) {
+fn flush(instance: &Instance, queues: &Queues, task_id: &str) {
     let _retire_on_panic = RetireOnPanic { queues, task_id };
     loop {
         let batch = {
@@ -106,7 +105,10 @@ fn flush(root: &std::path::Path, queues: &Queues, task_id: &str) {
             take_batch(waiting)
         };
         let runs: Vec<&RunRecord> = batch.iter().map(|p| p.run.as_ref()).collect();
-        match snapshot_file::append_batch(root, task_id, &runs) {
+        let appended = instance
+            .owner_tag()
+            .and_then(|owner| snapshot_file::append_batch(instance.root(), owner, task_id, &runs));
+        match appended {
             Ok(sizes) => {
                 for (pending, size) in batch.into_iter().zip(sizes) {
                     // A writer that stopped waiting is fine: its run is durable.

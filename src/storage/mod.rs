@@ -6,6 +6,7 @@ mod durable_file;
 pub mod fs;
 mod group_commit;
 pub mod history;
+mod instance;
 mod snapshot_file;
 pub mod snapshot_log;
 

@@ -39,7 +39,13 @@ pub fn location(task_id: &str) -> String {
 /// Appends `runs` (all of one task, in order) to the task's log and makes
 /// them durable with a single fsync. Returns the bytes written per run.
 /// Either every run of the batch is durable or the call fails.
-pub fn append_batch(root: &Path, task_id: &str, runs: &[&RunRecord]) -> io::Result<Vec<u64>> {
+/// `owner` tags the temp file of a compaction (see `durable_file`).
+pub fn append_batch(
+    root: &Path,
+    owner: &str,
+    task_id: &str,
+    runs: &[&RunRecord],
+) -> io::Result<Vec<u64>> {
     let dir = ensure_dirs(root, &[TASKS_DIR, task_id])?;
     let lock = OpenOptions::new()
         .read(true)
@@ -66,7 +72,7 @@ pub fn append_batch(root: &Path, task_id: &str, runs: &[&RunRecord]) -> io::Resu
 
     let sizes = match records.last() {
         Some(last) if compaction_due(last) => {
-            compact_and_append(&dir, &log, tail.valid_len, records)?
+            compact_and_append(&dir, owner, &log, tail.valid_len, records)?
         }
         _ => append_frames(&log, tail.valid_len, &records)?,
     };
@@ -212,6 +218,7 @@ fn compaction_due(record: &LogRecord) -> bool {
 /// check is recorded in the new frames.
 fn compact_and_append(
     dir: &Path,
+    owner: &str,
     log: &File,
     valid_len: u64,
     mut new: Vec<LogRecord>,
@@ -252,7 +259,7 @@ fn compact_and_append(
         frames_after = kept,
         "compacted snapshot log"
     );
-    replace_file(dir, LOG_FILE, &out)?;
+    replace_file(dir, LOG_FILE, &out, owner)?;
     Ok(sizes[sizes.len() - new.len()..].to_vec())
 }
 
@@ -281,8 +288,9 @@ mod tests {
     #[test]
     fn a_batch_is_appended_in_order_with_consecutive_seqs() {
         let dir = tempfile::tempdir().expect("tempdir");
-        append_batch(dir.path(), "t", &[&run("a", 1)]).expect("first");
-        let sizes = append_batch(dir.path(), "t", &[&run("b", 2), &run("c", 3)]).expect("batch");
+        append_batch(dir.path(), "test", "t", &[&run("a", 1)]).expect("first");
+        let sizes =
+            append_batch(dir.path(), "test", "t", &[&run("b", 2), &run("c", 3)]).expect("batch");
         assert_eq!(sizes.len(), 2);
         let records = log_records(dir.path());
         let got: Vec<_> = records.iter().map(|r| (r.run_id.as_str(), r.seq)).collect();
@@ -292,13 +300,13 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_before_the_next_append() {
         let dir = tempfile::tempdir().expect("tempdir");
-        append_batch(dir.path(), "t", &[&run("a", 1)]).expect("append a");
+        append_batch(dir.path(), "test", "t", &[&run("a", 1)]).expect("append a");
         let log_path = dir.path().join(location("t"));
         let mut torn = fs::read(&log_path).expect("read");
         torn.extend_from_slice(b"RSL1\x10\x00\x00");
         fs::write(&log_path, &torn).expect("tear");
 
-        append_batch(dir.path(), "t", &[&run("b", 2)]).expect("append b");
+        append_batch(dir.path(), "test", "t", &[&run("b", 2)]).expect("append b");
         let ids: Vec<_> = log_records(dir.path())
             .into_iter()
             .map(|r| r.run_id)
@@ -313,7 +321,7 @@ mod tests {
         // every version once it is due for compaction.
         for i in 0..(COMPACTION_MIN_FRAMES + 10) {
             let id = format!("r{}", i % 10);
-            append_batch(dir.path(), "t", &[&run(&id, i as i64)]).expect("append");
+            append_batch(dir.path(), "test", "t", &[&run(&id, i as i64)]).expect("append");
         }
         let records = log_records(dir.path());
         assert!(

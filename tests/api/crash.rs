@@ -353,6 +353,7 @@ async fn sigkill_under_load_never_loses_an_acknowledged_write() {
     let mut torn_injected = Vec::new();
     let mut warning_counters = Vec::new();
     let mut unacknowledged_calls = 0;
+    let mut unacknowledged = Vec::new();
     let mut unacknowledged_stored = 0;
 
     for round in 0..=ROUNDS {
@@ -443,7 +444,8 @@ async fn sigkill_under_load_never_loses_an_acknowledged_write() {
                     None => {
                         unacknowledged_calls += 1;
                         let key = (request.task_id.clone(), request.run_id.clone());
-                        ledger.sent.insert(key, request);
+                        ledger.sent.insert(key, request.clone());
+                        unacknowledged.push(request);
                     }
                 }
             }
@@ -502,4 +504,29 @@ async fn sigkill_under_load_never_loses_an_acknowledged_write() {
     );
     assert!(ledger.both > 0, "the load acknowledged nothing");
     assert_eq!(lost.len(), 0, "acknowledged writes lost: {lost:?}");
+
+    // Callers retry what was never acknowledged; the retries succeed, and
+    // clear what the killed attempts left in those run directories.
+    let server = start_server(dir.path(), &[]).await;
+    let mut client = server.client().await;
+    for request in unacknowledged {
+        let reply = client
+            .complete_run(request)
+            .await
+            .expect("retry")
+            .into_inner();
+        assert_eq!(reply.snapshot.map(|s| s.state()), Some(WriteState::Written));
+        assert_eq!(reply.manifest.map(|s| s.state()), Some(WriteState::Written));
+    }
+    let after_retries = scan_data_dir(dir.path(), &ledger);
+    println!(
+        "crash test: after retrying the {unacknowledged_calls} unacknowledged calls, temp_leftovers={}",
+        after_retries.temp_files.len()
+    );
+    assert_eq!(
+        after_retries.temp_files,
+        Vec::<PathBuf>::new(),
+        "crash leftovers survive a retry"
+    );
+    assert_eq!(server.terminate().await.code(), Some(0));
 }

@@ -80,13 +80,9 @@ async fn when_both_fail_the_manifest_is_primary_and_nothing_is_left_behind() {
     assert_failed(snapshot, "tasks/task/runs.log");
     assert_failed(manifest, "runs/task/run-1/manifest.json");
     assert_eq!(reply.primary_error.as_ref(), Some(manifest));
-    assert_eq!(
-        files_under(app.data_path())
-            .into_iter()
-            .filter(|f| !f.starts_with(".health"))
-            .collect::<Vec<_>>(),
-        ["runs/task", "tasks/task"]
-    );
+    // Only the two obstacles: no temp file, no partial log, no directory.
+    assert_eq!(files_under(&app.data_path().join("runs")), ["task"]);
+    assert_eq!(files_under(&app.data_path().join("tasks")), ["task"]);
 
     let err = app
         .get_manifest("task", "run-1")
