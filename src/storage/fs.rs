@@ -4,6 +4,7 @@
 //! <data-dir>/runs/<task_id>/<run_id>/manifest.json   the summary, byte for byte
 //! <data-dir>/tasks/<task_id>/runs.log                the task's snapshot log
 //! <data-dir>/tasks/<task_id>/runs.lock               serialises writers of that log
+//! <data-dir>/.instances/<tag>.lock                   held by each live instance
 //! ```
 //!
 //! Manifests are replaced atomically (temp file, fsync, rename, fsync dir).
