@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::{
     held_storage::{Hooked, Hooks},
-    helpers::{complete_request, fast_settings, spawn_app, spawn_app_with, ts},
+    helpers::{fast_settings, spawn_app, spawn_app_with, ts, write_all_at_once},
 };
 
 /// Hooks under which each write announces itself and waits (up to a bound)
@@ -89,28 +89,7 @@ async fn two_hundred_concurrent_runs_of_one_task_are_all_kept_in_order() {
     let app = spawn_app().await;
     // Several connections, many client tasks, timestamps in scrambled order.
     let channels: Vec<_> = (0..4).map(|_| app.client()).collect();
-    let calls: Vec<_> = (0..200u32)
-        .map(|i| {
-            let mut client = channels[i as usize % channels.len()].clone();
-            tokio::spawn(async move {
-                let request = complete_request("hot", &format!("run-{i:03}"), &ts((i * 67) % 200));
-                client
-                    .complete_run(request)
-                    .await
-                    .expect("CompleteRun")
-                    .into_inner()
-            })
-        })
-        .collect();
-    for call in calls {
-        let reply = call.await.expect("client task");
-        assert_eq!(
-            reply.outcome(),
-            Outcome::AllWritten,
-            "{:?}",
-            reply.primary_error
-        );
-    }
+    write_all_at_once(&channels, "hot", 200, |i| (i * 67) % 200).await;
 
     let runs = app.all_runs("hot").await;
     assert_eq!(runs.len(), 200);

@@ -223,6 +223,37 @@ impl TestApp {
     }
 }
 
+/// Sends runs `run-000`.. of `task_id` all at once, one client task each,
+/// spread over `clients`, with the timestamp `ts(timestamp_of(i))`; asserts
+/// every one was fully written.
+pub async fn write_all_at_once(
+    clients: &[PersistenceServiceClient<Channel>],
+    task_id: &str,
+    count: u32,
+    timestamp_of: impl Fn(u32) -> u32,
+) {
+    let calls: Vec<_> = (0..count)
+        .map(|i| {
+            let mut client = clients[i as usize % clients.len()].clone();
+            let request = complete_request(task_id, &format!("run-{i:03}"), &ts(timestamp_of(i)));
+            tokio::spawn(async move { client.complete_run(request).await })
+        })
+        .collect();
+    for call in calls {
+        let reply = call
+            .await
+            .expect("client task")
+            .expect("CompleteRun")
+            .into_inner();
+        assert_eq!(
+            reply.outcome(),
+            runstore::proto::Outcome::AllWritten,
+            "{:?}",
+            reply.primary_error
+        );
+    }
+}
+
 /// The shared fixture: a realistic run summary, as bytes on disk.
 pub fn fixture_summary() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/run-summary.json");

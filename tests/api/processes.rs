@@ -1,11 +1,6 @@
 //! The real binary: several processes sharing one data dir, and SIGTERM.
 
-use runstore::proto::Outcome;
-
-use crate::{
-    helpers::{complete_request, ts},
-    server_process::start_server,
-};
+use crate::{helpers::write_all_at_once, server_process::start_server};
 
 #[tokio::test]
 async fn two_processes_sharing_a_data_dir_never_lose_a_run() {
@@ -16,28 +11,7 @@ async fn two_processes_sharing_a_data_dir_never_lose_a_run() {
     ];
     let clients = [servers[0].client().await, servers[1].client().await];
 
-    let calls: Vec<_> = (0..200u32)
-        .map(|i| {
-            let mut client = clients[i as usize % 2].clone();
-            tokio::spawn(async move {
-                let request = complete_request("shared", &format!("run-{i:03}"), &ts(i));
-                client
-                    .complete_run(request)
-                    .await
-                    .expect("CompleteRun")
-                    .into_inner()
-            })
-        })
-        .collect();
-    for call in calls {
-        let reply = call.await.expect("client task");
-        assert_eq!(
-            reply.outcome(),
-            Outcome::AllWritten,
-            "{:?}",
-            reply.primary_error
-        );
-    }
+    write_all_at_once(&clients, "shared", 200, |i| i).await;
 
     for client in &clients {
         let page = client
