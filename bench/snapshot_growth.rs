@@ -32,7 +32,7 @@
 //!    ratios and the size of B's snapshot log. Ratios near 1.0 mean the
 //!    snapshot cost does not grow with history.
 //!
-//! Summaries are the shared fixture `../shared/fixtures/run-summary.json`
+//! Summaries are the shared fixture `tests/fixtures/run-summary.json`
 //! (about 2 KiB, the shape `make_summary.py` produces) with `taskId`,
 //! `runId` and `timestamp` set per call, as the server requires.
 //!
@@ -119,8 +119,7 @@ struct Fixture {
 
 impl Fixture {
     fn load() -> Self {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/run-summary.json");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/run-summary.json");
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|err| panic!("reading fixture {}: {err}", path.display()));
         let template: Value = serde_json::from_str(&text)

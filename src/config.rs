@@ -87,8 +87,8 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTORE_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
 
-    /// Benchmark-only: how CompleteRun schedules its two writes.
-    #[arg(long, env = "RUNSTORE_WRITE_MODE", value_enum, default_value_t = WriteMode::Concurrent, hide = true)]
+    /// How CompleteRun schedules its two writes; `sequential` is the benchmark baseline.
+    #[arg(long, env = "RUNSTORE_WRITE_MODE", value_enum, default_value_t = WriteMode::Concurrent)]
     pub write_mode: WriteMode,
 }
 

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{
     Request, Status,
+    codec::CompressionEncoding,
     service::interceptor::InterceptedService,
     transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
@@ -139,8 +140,16 @@ pub async fn run(
         admission.clone(),
         writes.clone(),
     );
+    // gzip and zstd both ways: requests in either are accepted, and replies
+    // are compressed for clients that list one in `grpc-accept-encoding`
+    // (their first choice wins), else sent uncompressed. The decoding limit
+    // applies to the decompressed message.
     let persistence = PersistenceServiceServer::new(api)
-        .max_decoding_message_size(max_request_bytes(settings.service.max_summary_bytes));
+        .max_decoding_message_size(max_request_bytes(settings.service.max_summary_bytes))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd);
     let tokens = settings.auth.clone();
     let persistence = InterceptedService::new(
         persistence,

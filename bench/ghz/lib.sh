@@ -5,7 +5,7 @@
 
 BENCH_GHZ_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$BENCH_GHZ_DIR/../.." && pwd)
-FIXTURE="${BENCH_FIXTURE:-$REPO_ROOT/../shared/fixtures/run-summary.json}"
+FIXTURE="${BENCH_FIXTURE:-$REPO_ROOT/tests/fixtures/run-summary.json}"
 # shellcheck source=bench/ghz/install-ghz
 source "$BENCH_GHZ_DIR/install-ghz"
 

@@ -64,40 +64,52 @@ async fn overlap_seen(mode: WriteMode) -> Vec<(WriteTarget, bool)> {
 
 #[tokio::test]
 async fn both_writes_are_in_flight_at_the_same_time() {
-    let seen = overlap_seen(WriteMode::Concurrent).await;
-    assert_eq!(
-        seen,
-        [(WriteTarget::Snapshot, true), (WriteTarget::Manifest, true)]
-    );
+    crate::helpers::within_test_limit("both_writes_are_in_flight_at_the_same_time", async move {
+        let seen = overlap_seen(WriteMode::Concurrent).await;
+        assert_eq!(
+            seen,
+            [(WriteTarget::Snapshot, true), (WriteTarget::Manifest, true)]
+        );
+    })
+    .await
 }
 
 /// The probe above can fail: writes made one after the other never overlap.
 #[tokio::test]
 async fn the_overlap_probe_detects_sequential_writes() {
-    let seen = overlap_seen(WriteMode::Sequential).await;
-    assert_eq!(
-        seen,
-        [
-            (WriteTarget::Snapshot, false),
-            (WriteTarget::Manifest, false)
-        ]
-    );
+    crate::helpers::within_test_limit("the_overlap_probe_detects_sequential_writes", async move {
+        let seen = overlap_seen(WriteMode::Sequential).await;
+        assert_eq!(
+            seen,
+            [
+                (WriteTarget::Snapshot, false),
+                (WriteTarget::Manifest, false)
+            ]
+        );
+    })
+    .await
 }
 
 #[tokio::test]
 async fn two_hundred_concurrent_runs_of_one_task_are_all_kept_in_order() {
-    let app = spawn_app().await;
-    // Several connections, many client tasks, timestamps in scrambled order.
-    let channels: Vec<_> = (0..4).map(|_| app.client()).collect();
-    write_all_at_once(&channels, "hot", 200, |i| (i * 67) % 200).await;
+    crate::helpers::within_test_limit(
+        "two_hundred_concurrent_runs_of_one_task_are_all_kept_in_order",
+        async move {
+            let app = spawn_app().await;
+            // Several connections, many client tasks, timestamps in scrambled order.
+            let channels: Vec<_> = (0..4).map(|_| app.client()).collect();
+            write_all_at_once(&channels, "hot", 200, |i| (i * 67) % 200).await;
 
-    let runs = app.all_runs("hot").await;
-    assert_eq!(runs.len(), 200);
-    let mut expected: Vec<_> = (0..200u32)
-        .map(|i| ((i * 67) % 200, format!("run-{i:03}")))
-        .collect();
-    expected.sort();
-    let got: Vec<_> = runs.iter().map(|r| r.run_id.clone()).collect();
-    let expected: Vec<_> = expected.into_iter().map(|(_, id)| id).collect();
-    assert_eq!(got, expected, "timestamp order");
+            let runs = app.all_runs("hot").await;
+            assert_eq!(runs.len(), 200);
+            let mut expected: Vec<_> = (0..200u32)
+                .map(|i| ((i * 67) % 200, format!("run-{i:03}")))
+                .collect();
+            expected.sort();
+            let got: Vec<_> = runs.iter().map(|r| r.run_id.clone()).collect();
+            let expected: Vec<_> = expected.into_iter().map(|(_, id)| id).collect();
+            assert_eq!(got, expected, "timestamp order");
+        },
+    )
+    .await
 }

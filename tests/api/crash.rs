@@ -342,191 +342,194 @@ async fn verify_through_api(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_under_load_never_loses_an_acknowledged_write() {
-    let started = Instant::now();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let seed = seed();
-    let mut rng = Rng(seed);
-    let mut ledger = Ledger::default();
-    let mut lost = BTreeSet::new();
-    let mut delays = Vec::new();
-    let mut torn_seen = 0;
-    let mut torn_injected = Vec::new();
-    let mut warning_counters = Vec::new();
-    let mut unacknowledged_calls = 0;
-    let mut unacknowledged = Vec::new();
-    let mut unacknowledged_stored = 0;
+    crate::helpers::within_test_limit("sigkill_under_load_never_loses_an_acknowledged_write", async move {
+        let started = Instant::now();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = seed();
+        let mut rng = Rng(seed);
+        let mut ledger = Ledger::default();
+        let mut lost = BTreeSet::new();
+        let mut delays = Vec::new();
+        let mut torn_seen = 0;
+        let mut torn_injected = Vec::new();
+        let mut warning_counters = Vec::new();
+        let mut unacknowledged_calls = 0;
+        let mut unacknowledged = Vec::new();
+        let mut unacknowledged_stored = 0;
 
-    for round in 0..=ROUNDS {
-        // Straight from the files, before any server touches them again.
-        let scan = scan_data_dir(dir.path(), &ledger);
-        torn_seen += scan.torn_logs.len();
-        for task in &torn_injected {
-            let log = Path::new("tasks").join(task).join("runs.log");
-            assert!(
-                scan.torn_logs.contains(&log),
-                "{task}: injected tear not seen"
-            );
-        }
+        for round in 0..=ROUNDS {
+            // Straight from the files, before any server touches them again.
+            let scan = scan_data_dir(dir.path(), &ledger);
+            torn_seen += scan.torn_logs.len();
+            for task in &torn_injected {
+                let log = Path::new("tasks").join(task).join("runs.log");
+                assert!(
+                    scan.torn_logs.contains(&log),
+                    "{task}: injected tear not seen"
+                );
+            }
 
-        let server = start_server(dir.path(), &["--health-interval", "100ms"]).await;
-        let client = server.client().await;
-        lost.extend(verify_through_api(&client, &ledger).await);
+            let server = start_server(dir.path(), &["--health-interval", "100ms"]).await;
+            let client = server.client().await;
+            lost.extend(verify_through_api(&client, &ledger).await);
 
-        // One write per task: any torn tail must be cut, leaving only whole
-        // frames in the file.
-        for n in 0..TASKS {
-            let task = task_id(n);
-            let run = format!("r{round}-after-restart");
-            let timestamp = ts(round * 100_000 + 99_999);
-            let request = CompleteRunRequest {
-                summary_json: summary_for(&task, &run, &timestamp),
-                task_id: task.clone(),
-                run_id: run,
-                timestamp,
-            };
-            let reply = client
-                .clone()
-                .complete_run(request.clone())
+            // One write per task: any torn tail must be cut, leaving only whole
+            // frames in the file.
+            for n in 0..TASKS {
+                let task = task_id(n);
+                let run = format!("r{round}-after-restart");
+                let timestamp = ts(round * 100_000 + 99_999);
+                let request = CompleteRunRequest {
+                    summary_json: summary_for(&task, &run, &timestamp),
+                    task_id: task.clone(),
+                    run_id: run,
+                    timestamp,
+                };
+                let reply = client
+                    .clone()
+                    .complete_run(request.clone())
+                    .await
+                    .expect("CompleteRun after restart")
+                    .into_inner();
+                assert_eq!(
+                    reply.outcome(),
+                    runstore::proto::Outcome::AllWritten,
+                    "{:?}",
+                    reply.primary_error
+                );
+                ledger.record(request, true, true);
+                let log = dir.path().join("tasks").join(&task).join("runs.log");
+                let bytes = std::fs::read(&log).expect("read log");
+                assert_eq!(
+                    snapshot_log::decode_all(&bytes).1,
+                    bytes.len(),
+                    "{} still has a torn tail after a write",
+                    log.display()
+                );
+            }
+            warning_counters.push(Arc::clone(&server.torn_tail_warnings));
+
+            if round == ROUNDS {
+                // The final restart only verifies.
+                let status = server.terminate().await;
+                assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+                break;
+            }
+
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|c| tokio::spawn(client_loop(client.clone(), round, c)))
+                .collect();
+            let delay = rng.in_range(KILL_DELAY_MS);
+            delays.push(delay);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let mut server = server;
+            server.child.start_kill().expect("SIGKILL");
+            let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
                 .await
-                .expect("CompleteRun after restart")
-                .into_inner();
+                .expect("killed server exits")
+                .expect("wait");
             assert_eq!(
-                reply.outcome(),
-                runstore::proto::Outcome::AllWritten,
-                "{:?}",
-                reply.primary_error
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(9),
+                "killed by SIGKILL, not exited on its own: {status}"
             );
-            ledger.record(request, true, true);
-            let log = dir.path().join("tasks").join(&task).join("runs.log");
-            let bytes = std::fs::read(&log).expect("read log");
-            assert_eq!(
-                snapshot_log::decode_all(&bytes).1,
-                bytes.len(),
-                "{} still has a torn tail after a write",
-                log.display()
-            );
-        }
-        warning_counters.push(Arc::clone(&server.torn_tail_warnings));
 
-        if round == ROUNDS {
-            // The final restart only verifies.
-            let status = server.terminate().await;
-            assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
-            break;
-        }
-
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|c| tokio::spawn(client_loop(client.clone(), round, c)))
-            .collect();
-        let delay = rng.in_range(KILL_DELAY_MS);
-        delays.push(delay);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        let mut server = server;
-        server.child.start_kill().expect("SIGKILL");
-        let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
-            .await
-            .expect("killed server exits")
-            .expect("wait");
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "killed by SIGKILL, not exited on its own: {status}"
-        );
-
-        for handle in clients {
-            let log = tokio::time::timeout(Duration::from_secs(20), handle)
-                .await
-                .expect("client stops once the server is gone")
-                .expect("client task");
-            for (request, flags) in log {
-                match flags {
-                    Some((snapshot, manifest)) => ledger.record(request, snapshot, manifest),
-                    None => {
-                        unacknowledged_calls += 1;
-                        let key = (request.task_id.clone(), request.run_id.clone());
-                        ledger.sent.insert(key, request.clone());
-                        unacknowledged.push(request);
+            for handle in clients {
+                let log = tokio::time::timeout(Duration::from_secs(20), handle)
+                    .await
+                    .expect("client stops once the server is gone")
+                    .expect("client task");
+                for (request, flags) in log {
+                    match flags {
+                        Some((snapshot, manifest)) => ledger.record(request, snapshot, manifest),
+                        None => {
+                            unacknowledged_calls += 1;
+                            let key = (request.task_id.clone(), request.run_id.clone());
+                            ledger.sent.insert(key, request.clone());
+                            unacknowledged.push(request);
+                        }
                     }
                 }
             }
+            // The server is dead: tear one task's log for the next restart.
+            let task = task_id(round % TASKS);
+            inject_torn_tail(dir.path(), &task, round);
+            torn_injected = vec![task];
         }
-        // The server is dead: tear one task's log for the next restart.
-        let task = task_id(round % TASKS);
-        inject_torn_tail(dir.path(), &task, round);
-        torn_injected = vec![task];
-    }
 
-    // Read last, so each server's log drain has had time to see the line.
-    let torn_cut_warnings: usize = warning_counters
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum();
-    // Runs that were in flight at a kill and still made it (allowed).
-    let final_scan = scan_data_dir(dir.path(), &ledger);
-    for (key, _) in ledger.sent.iter() {
-        let manifest = dir
-            .path()
-            .join("runs")
-            .join(&key.0)
-            .join(&key.1)
-            .join("manifest.json");
-        if !ledger.manifests.contains(key) && manifest.exists() {
-            unacknowledged_stored += 1;
+        // Read last, so each server's log drain has had time to see the line.
+        let torn_cut_warnings: usize = warning_counters
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        // Runs that were in flight at a kill and still made it (allowed).
+        let final_scan = scan_data_dir(dir.path(), &ledger);
+        for (key, _) in ledger.sent.iter() {
+            let manifest = dir
+                .path()
+                .join("runs")
+                .join(&key.0)
+                .join(&key.1)
+                .join("manifest.json");
+            if !ledger.manifests.contains(key) && manifest.exists() {
+                unacknowledged_stored += 1;
+            }
         }
-    }
-    // Temp files by what they were meant to become, e.g. "manifest".
-    let mut temp_by_kind: BTreeMap<String, usize> = BTreeMap::new();
-    for path in &final_scan.temp_files {
-        let name = path.file_name().expect("name").to_string_lossy();
-        let kind = name.trim_start_matches('.').split(['.', '-']).next();
-        *temp_by_kind
-            .entry(kind.unwrap_or("").to_owned())
-            .or_default() += 1;
-    }
+        // Temp files by what they were meant to become, e.g. "manifest".
+        let mut temp_by_kind: BTreeMap<String, usize> = BTreeMap::new();
+        for path in &final_scan.temp_files {
+            let name = path.file_name().expect("name").to_string_lossy();
+            let kind = name.trim_start_matches('.').split(['.', '-']).next();
+            *temp_by_kind
+                .entry(kind.unwrap_or("").to_owned())
+                .or_default() += 1;
+        }
 
-    println!(
-        "crash test: rounds={ROUNDS} acknowledged={} lost={} temp_leftovers={}",
-        ledger.both,
-        lost.len(),
-        final_scan.temp_files.len()
-    );
-    println!(
-        "crash test detail: seed={seed} kill_delays_ms={delays:?} manifest_only={} \
-         snapshot_only={} unacknowledged_calls={unacknowledged_calls} \
-         unacknowledged_manifests_present={unacknowledged_stored} manifests_on_disk={} \
-         logs_on_disk={} torn_tails_seen={torn_seen} (injected={ROUNDS}) torn_tail_cut_warnings={torn_cut_warnings} \
-         temp_leftovers_by_kind={temp_by_kind:?} elapsed={:?}",
-        ledger.manifest_only,
-        ledger.snapshot_only,
-        final_scan.manifests,
-        final_scan.logs,
-        started.elapsed()
-    );
-    assert!(ledger.both > 0, "the load acknowledged nothing");
-    assert_eq!(lost.len(), 0, "acknowledged writes lost: {lost:?}");
+        println!(
+            "crash test: rounds={ROUNDS} acknowledged={} lost={} temp_leftovers={}",
+            ledger.both,
+            lost.len(),
+            final_scan.temp_files.len()
+        );
+        println!(
+            "crash test detail: seed={seed} kill_delays_ms={delays:?} manifest_only={} \
+             snapshot_only={} unacknowledged_calls={unacknowledged_calls} \
+             unacknowledged_manifests_present={unacknowledged_stored} manifests_on_disk={} \
+             logs_on_disk={} torn_tails_seen={torn_seen} (injected={ROUNDS}) torn_tail_cut_warnings={torn_cut_warnings} \
+             temp_leftovers_by_kind={temp_by_kind:?} elapsed={:?}",
+            ledger.manifest_only,
+            ledger.snapshot_only,
+            final_scan.manifests,
+            final_scan.logs,
+            started.elapsed()
+        );
+        assert!(ledger.both > 0, "the load acknowledged nothing");
+        assert_eq!(lost.len(), 0, "acknowledged writes lost: {lost:?}");
 
-    // Callers retry what was never acknowledged; the retries succeed, and
-    // clear what the killed attempts left in those run directories.
-    let server = start_server(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    for request in unacknowledged {
-        let reply = client
-            .complete_run(request)
-            .await
-            .expect("retry")
-            .into_inner();
-        assert_eq!(reply.snapshot.map(|s| s.state()), Some(WriteState::Written));
-        assert_eq!(reply.manifest.map(|s| s.state()), Some(WriteState::Written));
-    }
-    let after_retries = scan_data_dir(dir.path(), &ledger);
-    println!(
-        "crash test: after retrying the {unacknowledged_calls} unacknowledged calls, temp_leftovers={}",
-        after_retries.temp_files.len()
-    );
-    assert_eq!(
-        after_retries.temp_files,
-        Vec::<PathBuf>::new(),
-        "crash leftovers survive a retry"
-    );
-    assert_eq!(server.terminate().await.code(), Some(0));
+        // Callers retry what was never acknowledged; the retries succeed, and
+        // clear what the killed attempts left in those run directories.
+        let server = start_server(dir.path(), &[]).await;
+        let mut client = server.client().await;
+        for request in unacknowledged {
+            let reply = client
+                .complete_run(request)
+                .await
+                .expect("retry")
+                .into_inner();
+            assert_eq!(reply.snapshot.map(|s| s.state()), Some(WriteState::Written));
+            assert_eq!(reply.manifest.map(|s| s.state()), Some(WriteState::Written));
+        }
+        let after_retries = scan_data_dir(dir.path(), &ledger);
+        println!(
+            "crash test: after retrying the {unacknowledged_calls} unacknowledged calls, temp_leftovers={}",
+            after_retries.temp_files.len()
+        );
+        assert_eq!(
+            after_retries.temp_files,
+            Vec::<PathBuf>::new(),
+            "crash leftovers survive a retry"
+        );
+        assert_eq!(server.terminate().await.code(), Some(0));
+    })
+    .await
 }

@@ -246,250 +246,274 @@ async fn assert_others_unaffected(app: &TestApp, run_id: &str) {
 
 #[tokio::test]
 async fn full_disk_for_manifests_fails_only_the_manifest() {
-    const CASE: &str = "manifest-disk-full";
-    if let Some(reason) = cannot_mount() {
-        return skipped(CASE, &reason);
-    }
-    let app = spawn_app().await;
-    let task = "full-manifests";
-    let mount_dir = app.data_path().join("runs").join(task);
-    let mount = match mount_tmpfs(&mount_dir, "64k") {
-        Ok(mount) => mount,
-        Err(reason) => return skipped(CASE, &reason),
-    };
-    let filler = fill(&mount_dir);
+    crate::helpers::within_test_limit(
+        "full_disk_for_manifests_fails_only_the_manifest",
+        async move {
+            const CASE: &str = "manifest-disk-full";
+            if let Some(reason) = cannot_mount() {
+                return skipped(CASE, &reason);
+            }
+            let app = spawn_app().await;
+            let task = "full-manifests";
+            let mount_dir = app.data_path().join("runs").join(task);
+            let mount = match mount_tmpfs(&mount_dir, "64k") {
+                Ok(mount) => mount,
+                Err(reason) => return skipped(CASE, &reason),
+            };
+            let filler = fill(&mount_dir);
 
-    let request = big_request(task, "run-1", &ts(1));
-    let reply = call(&app, &request).await;
-    print_matrix(CASE, &reply);
-    let (snapshot, manifest) = statuses(&reply);
-    assert_written(snapshot);
-    assert_failed(
-        manifest,
-        "RESOURCE_EXHAUSTED",
-        "runs/full-manifests/run-1/manifest.json",
-    );
-    assert_eq!(reply.outcome(), Outcome::ManifestFailed);
-    assert_eq!(reply.primary_error.as_ref(), Some(manifest));
-    assert_eq!(files_under(&mount_dir), ["filler"], "no temp file left");
-    let err = app
-        .get_manifest(task, "run-1")
-        .await
-        .expect_err("no manifest");
-    assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(run_ids(&app, task).await, ["run-1"]);
-    assert_others_unaffected(&app, "during-manifest-full").await;
+            let request = big_request(task, "run-1", &ts(1));
+            let reply = call(&app, &request).await;
+            print_matrix(CASE, &reply);
+            let (snapshot, manifest) = statuses(&reply);
+            assert_written(snapshot);
+            assert_failed(
+                manifest,
+                "RESOURCE_EXHAUSTED",
+                "runs/full-manifests/run-1/manifest.json",
+            );
+            assert_eq!(reply.outcome(), Outcome::ManifestFailed);
+            assert_eq!(reply.primary_error.as_ref(), Some(manifest));
+            assert_eq!(files_under(&mount_dir), ["filler"], "no temp file left");
+            let err = app
+                .get_manifest(task, "run-1")
+                .await
+                .expect_err("no manifest");
+            assert_eq!(err.code(), Code::NotFound);
+            assert_eq!(run_ids(&app, task).await, ["run-1"]);
+            assert_others_unaffected(&app, "during-manifest-full").await;
 
-    std::fs::remove_file(filler).expect("free space");
-    let retry = call(&app, &request).await;
-    assert_eq!(
-        retry.outcome(),
-        Outcome::AllWritten,
-        "{:?}",
-        retry.primary_error
-    );
-    let stored = app.get_manifest(task, "run-1").await.expect("manifest");
-    assert_eq!(stored.summary_json, request.summary_json);
-    assert_eq!(
-        run_ids(&app, task).await,
-        ["run-1"],
-        "the retry replaced it"
-    );
+            std::fs::remove_file(filler).expect("free space");
+            let retry = call(&app, &request).await;
+            assert_eq!(
+                retry.outcome(),
+                Outcome::AllWritten,
+                "{:?}",
+                retry.primary_error
+            );
+            let stored = app.get_manifest(task, "run-1").await.expect("manifest");
+            assert_eq!(stored.summary_json, request.summary_json);
+            assert_eq!(
+                run_ids(&app, task).await,
+                ["run-1"],
+                "the retry replaced it"
+            );
 
-    app.stop().await;
-    drop(mount);
+            app.stop().await;
+            drop(mount);
+        },
+    )
+    .await
 }
 
 #[tokio::test]
 async fn full_disk_for_snapshots_fails_only_the_snapshot_and_leaves_no_partial_frame() {
-    const CASE: &str = "snapshot-disk-full";
-    if let Some(reason) = cannot_mount() {
-        return skipped(CASE, &reason);
-    }
-    let app = spawn_app().await;
-    let task = "full-snapshots";
-    let mount_dir = app.data_path().join("tasks").join(task);
-    let mount = match mount_tmpfs(&mount_dir, "256k") {
-        Ok(mount) => mount,
-        Err(reason) => return skipped(CASE, &reason),
-    };
-    let earlier = ["run-1", "run-2", "run-3"];
-    for (i, run) in (1..).zip(earlier) {
-        let reply = app.complete_run(task, run, &ts(i)).await;
-        assert_eq!(reply.outcome(), Outcome::AllWritten);
-    }
-    let filler = fill(&mount_dir);
-    let log_len = std::fs::metadata(mount_dir.join("runs.log"))
-        .expect("log")
-        .len();
+    crate::helpers::within_test_limit(
+        "full_disk_for_snapshots_fails_only_the_snapshot_and_leaves_no_partial_frame",
+        async move {
+            const CASE: &str = "snapshot-disk-full";
+            if let Some(reason) = cannot_mount() {
+                return skipped(CASE, &reason);
+            }
+            let app = spawn_app().await;
+            let task = "full-snapshots";
+            let mount_dir = app.data_path().join("tasks").join(task);
+            let mount = match mount_tmpfs(&mount_dir, "256k") {
+                Ok(mount) => mount,
+                Err(reason) => return skipped(CASE, &reason),
+            };
+            let earlier = ["run-1", "run-2", "run-3"];
+            for (i, run) in (1..).zip(earlier) {
+                let reply = app.complete_run(task, run, &ts(i)).await;
+                assert_eq!(reply.outcome(), Outcome::AllWritten);
+            }
+            let filler = fill(&mount_dir);
+            let log_len = std::fs::metadata(mount_dir.join("runs.log"))
+                .expect("log")
+                .len();
 
-    let request = big_request(task, "run-4", &ts(4));
-    let reply = call(&app, &request).await;
-    print_matrix(CASE, &reply);
-    let (snapshot, manifest) = statuses(&reply);
-    assert_written(manifest);
-    assert_failed(
-        snapshot,
-        "RESOURCE_EXHAUSTED",
-        "tasks/full-snapshots/runs.log",
-    );
-    assert_eq!(reply.outcome(), Outcome::SnapshotFailed);
-    assert_eq!(reply.primary_error.as_ref(), Some(snapshot));
-    // The append may have partly landed in the log's last page before
-    // ENOSPC; it must have been cut back to the last whole frame.
-    assert_eq!(whole_log(app.data_path(), task), earlier);
-    assert_eq!(
-        std::fs::metadata(mount_dir.join("runs.log"))
-            .expect("log")
-            .len(),
-        log_len
-    );
-    assert!(temp_files(&mount_dir).is_empty());
-    let stored = app.get_manifest(task, "run-4").await.expect("manifest");
-    assert_eq!(stored.summary_json, request.summary_json);
-    assert_eq!(run_ids(&app, task).await, earlier, "earlier runs remain");
-    assert_others_unaffected(&app, "during-snapshot-full").await;
+            let request = big_request(task, "run-4", &ts(4));
+            let reply = call(&app, &request).await;
+            print_matrix(CASE, &reply);
+            let (snapshot, manifest) = statuses(&reply);
+            assert_written(manifest);
+            assert_failed(
+                snapshot,
+                "RESOURCE_EXHAUSTED",
+                "tasks/full-snapshots/runs.log",
+            );
+            assert_eq!(reply.outcome(), Outcome::SnapshotFailed);
+            assert_eq!(reply.primary_error.as_ref(), Some(snapshot));
+            // The append may have partly landed in the log's last page before
+            // ENOSPC; it must have been cut back to the last whole frame.
+            assert_eq!(whole_log(app.data_path(), task), earlier);
+            assert_eq!(
+                std::fs::metadata(mount_dir.join("runs.log"))
+                    .expect("log")
+                    .len(),
+                log_len
+            );
+            assert!(temp_files(&mount_dir).is_empty());
+            let stored = app.get_manifest(task, "run-4").await.expect("manifest");
+            assert_eq!(stored.summary_json, request.summary_json);
+            assert_eq!(run_ids(&app, task).await, earlier, "earlier runs remain");
+            assert_others_unaffected(&app, "during-snapshot-full").await;
 
-    std::fs::remove_file(filler).expect("free space");
-    let retry = call(&app, &request).await;
-    assert_eq!(
-        retry.outcome(),
-        Outcome::AllWritten,
-        "{:?}",
-        retry.primary_error
-    );
-    let all = ["run-1", "run-2", "run-3", "run-4"];
-    assert_eq!(run_ids(&app, task).await, all);
-    assert_eq!(whole_log(app.data_path(), task), all);
+            std::fs::remove_file(filler).expect("free space");
+            let retry = call(&app, &request).await;
+            assert_eq!(
+                retry.outcome(),
+                Outcome::AllWritten,
+                "{:?}",
+                retry.primary_error
+            );
+            let all = ["run-1", "run-2", "run-3", "run-4"];
+            assert_eq!(run_ids(&app, task).await, all);
+            assert_eq!(whole_log(app.data_path(), task), all);
 
-    app.stop().await;
-    drop(mount);
+            app.stop().await;
+            drop(mount);
+        },
+    )
+    .await
 }
 
 #[tokio::test]
 async fn read_only_manifest_dir_fails_the_manifest_as_unavailable() {
-    const CASE: &str = "manifest-dir-read-only";
-    if let Some(reason) = cannot_mount() {
-        return skipped(CASE, &reason);
-    }
-    let app = spawn_app().await;
-    let task = "read-only";
-    let first = app.complete_run(task, "run-1", &ts(1)).await;
-    assert_eq!(first.outcome(), Outcome::AllWritten);
-    let original = app.get_manifest(task, "run-1").await.expect("manifest");
-    let mount_dir = app.data_path().join("runs").join(task);
-    let mount = match read_only_bind(&mount_dir) {
-        Ok(mount) => mount,
-        Err(reason) => return skipped(CASE, &reason),
-    };
+    crate::helpers::within_test_limit(
+        "read_only_manifest_dir_fails_the_manifest_as_unavailable",
+        async move {
+            const CASE: &str = "manifest-dir-read-only";
+            if let Some(reason) = cannot_mount() {
+                return skipped(CASE, &reason);
+            }
+            let app = spawn_app().await;
+            let task = "read-only";
+            let first = app.complete_run(task, "run-1", &ts(1)).await;
+            assert_eq!(first.outcome(), Outcome::AllWritten);
+            let original = app.get_manifest(task, "run-1").await.expect("manifest");
+            let mount_dir = app.data_path().join("runs").join(task);
+            let mount = match read_only_bind(&mount_dir) {
+                Ok(mount) => mount,
+                Err(reason) => return skipped(CASE, &reason),
+            };
 
-    // A new run (its directory cannot be created) and a rewrite of an
-    // existing one (its temp file cannot be created) fail alike.
-    for (run, secs) in [("run-2", 2), ("run-1", 1)] {
-        let reply = app.complete_run(task, run, &ts(secs)).await;
-        let (snapshot, manifest) = statuses(&reply);
-        assert_written(snapshot);
-        assert_failed(
-            manifest,
-            "UNAVAILABLE",
-            &format!("runs/{task}/{run}/manifest.json"),
-        );
-        assert_eq!(reply.outcome(), Outcome::ManifestFailed);
-        assert_eq!(reply.primary_error.as_ref(), Some(manifest));
-        if run == "run-2" {
-            print_matrix(CASE, &reply);
-        }
-    }
-    assert_eq!(
-        app.get_manifest(task, "run-1").await.expect("manifest"),
-        original,
-        "the failed rewrite left the stored manifest as it was"
-    );
-    let err = app.get_manifest(task, "run-2").await.expect_err("none");
-    assert_eq!(err.code(), Code::NotFound);
-    assert_others_unaffected(&app, "during-read-only").await;
+            // A new run (its directory cannot be created) and a rewrite of an
+            // existing one (its temp file cannot be created) fail alike.
+            for (run, secs) in [("run-2", 2), ("run-1", 1)] {
+                let reply = app.complete_run(task, run, &ts(secs)).await;
+                let (snapshot, manifest) = statuses(&reply);
+                assert_written(snapshot);
+                assert_failed(
+                    manifest,
+                    "UNAVAILABLE",
+                    &format!("runs/{task}/{run}/manifest.json"),
+                );
+                assert_eq!(reply.outcome(), Outcome::ManifestFailed);
+                assert_eq!(reply.primary_error.as_ref(), Some(manifest));
+                if run == "run-2" {
+                    print_matrix(CASE, &reply);
+                }
+            }
+            assert_eq!(
+                app.get_manifest(task, "run-1").await.expect("manifest"),
+                original,
+                "the failed rewrite left the stored manifest as it was"
+            );
+            let err = app.get_manifest(task, "run-2").await.expect_err("none");
+            assert_eq!(err.code(), Code::NotFound);
+            assert_others_unaffected(&app, "during-read-only").await;
 
-    set_bind_mode(&mount, "rw").expect("remount read-write");
-    let retry = app.complete_run(task, "run-2", &ts(2)).await;
-    assert_eq!(
-        retry.outcome(),
-        Outcome::AllWritten,
-        "{:?}",
-        retry.primary_error
-    );
-    assert!(app.get_manifest(task, "run-2").await.is_ok());
-    assert_eq!(run_ids(&app, task).await, ["run-1", "run-2"]);
-    assert!(temp_files(&mount_dir).is_empty());
+            set_bind_mode(&mount, "rw").expect("remount read-write");
+            let retry = app.complete_run(task, "run-2", &ts(2)).await;
+            assert_eq!(
+                retry.outcome(),
+                Outcome::AllWritten,
+                "{:?}",
+                retry.primary_error
+            );
+            assert!(app.get_manifest(task, "run-2").await.is_ok());
+            assert_eq!(run_ids(&app, task).await, ["run-1", "run-2"]);
+            assert!(temp_files(&mount_dir).is_empty());
 
-    app.stop().await;
-    drop(mount);
+            app.stop().await;
+            drop(mount);
+        },
+    )
+    .await
 }
 
 #[tokio::test]
 async fn full_data_dir_fails_both_writes_and_turns_health_not_serving() {
-    const CASE: &str = "data-dir-full";
-    if let Some(reason) = cannot_mount() {
-        return skipped(CASE, &reason);
-    }
-    let outer = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let data = outer.path().join("data");
-    let mount = match mount_tmpfs(&data, "256k") {
-        Ok(mount) => mount,
-        Err(reason) => return skipped(CASE, &reason),
-    };
-    let storage = FsStorage::open(&data).expect("open storage");
-    let app = spawn_app_with(Arc::clone(&outer), Arc::new(storage), fast_settings()).await;
-    app.wait_for_health(ServingStatus::Serving).await;
-    let task = "whole";
-    let first = app.complete_run(task, "run-1", &ts(1)).await;
-    assert_eq!(first.outcome(), Outcome::AllWritten);
+    crate::helpers::within_test_limit(
+        "full_data_dir_fails_both_writes_and_turns_health_not_serving",
+        async move {
+            const CASE: &str = "data-dir-full";
+            if let Some(reason) = cannot_mount() {
+                return skipped(CASE, &reason);
+            }
+            let outer = Arc::new(tempfile::tempdir().expect("tempdir"));
+            let data = outer.path().join("data");
+            let mount = match mount_tmpfs(&data, "256k") {
+                Ok(mount) => mount,
+                Err(reason) => return skipped(CASE, &reason),
+            };
+            let storage = FsStorage::open(&data).expect("open storage");
+            let app = spawn_app_with(Arc::clone(&outer), Arc::new(storage), fast_settings()).await;
+            app.wait_for_health(ServingStatus::Serving).await;
+            let task = "whole";
+            let first = app.complete_run(task, "run-1", &ts(1)).await;
+            assert_eq!(first.outcome(), Outcome::AllWritten);
 
-    // The health probe briefly holds a page of its own; top up until a
-    // probe fails for want of space, after which nothing frees a page.
-    let mut filler = None;
-    for _ in 0..100 {
-        filler = Some(fill(&data));
-        if app.health(SERVICE_NAME).await == ServingStatus::NotServing {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let filler = filler.expect("filled");
-    app.wait_for_health(ServingStatus::NotServing).await;
+            // The health probe briefly holds a page of its own; top up until a
+            // probe fails for want of space, after which nothing frees a page.
+            let mut filler = None;
+            for _ in 0..100 {
+                filler = Some(fill(&data));
+                if app.health(SERVICE_NAME).await == ServingStatus::NotServing {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let filler = filler.expect("filled");
+            app.wait_for_health(ServingStatus::NotServing).await;
 
-    let request = big_request(task, "run-2", &ts(2));
-    let reply = call(&app, &request).await;
-    print_matrix(CASE, &reply);
-    let (snapshot, manifest) = statuses(&reply);
-    assert_failed(snapshot, "RESOURCE_EXHAUSTED", "tasks/whole/runs.log");
-    assert_failed(
-        manifest,
-        "RESOURCE_EXHAUSTED",
-        "runs/whole/run-2/manifest.json",
-    );
-    assert_eq!(reply.outcome(), Outcome::NoneWritten);
-    assert_eq!(reply.primary_error.as_ref(), Some(manifest));
-    assert!(temp_files(&data).is_empty(), "{:?}", temp_files(&data));
-    assert_eq!(whole_log(&data, task), ["run-1"]);
-    assert_eq!(run_ids(&app, task).await, ["run-1"]);
-    let err = app.get_manifest(task, "run-2").await.expect_err("none");
-    assert_eq!(err.code(), Code::NotFound);
+            let request = big_request(task, "run-2", &ts(2));
+            let reply = call(&app, &request).await;
+            print_matrix(CASE, &reply);
+            let (snapshot, manifest) = statuses(&reply);
+            assert_failed(snapshot, "RESOURCE_EXHAUSTED", "tasks/whole/runs.log");
+            assert_failed(
+                manifest,
+                "RESOURCE_EXHAUSTED",
+                "runs/whole/run-2/manifest.json",
+            );
+            assert_eq!(reply.outcome(), Outcome::NoneWritten);
+            assert_eq!(reply.primary_error.as_ref(), Some(manifest));
+            assert!(temp_files(&data).is_empty(), "{:?}", temp_files(&data));
+            assert_eq!(whole_log(&data, task), ["run-1"]);
+            assert_eq!(run_ids(&app, task).await, ["run-1"]);
+            let err = app.get_manifest(task, "run-2").await.expect_err("none");
+            assert_eq!(err.code(), Code::NotFound);
 
-    std::fs::remove_file(filler).expect("free space");
-    app.wait_for_health(ServingStatus::Serving).await;
-    let retry = call(&app, &request).await;
-    assert_eq!(
-        retry.outcome(),
-        Outcome::AllWritten,
-        "{:?}",
-        retry.primary_error
-    );
-    let stored = app.get_manifest(task, "run-2").await.expect("manifest");
-    assert_eq!(stored.summary_json, request.summary_json);
-    assert_eq!(run_ids(&app, task).await, ["run-1", "run-2"]);
+            std::fs::remove_file(filler).expect("free space");
+            app.wait_for_health(ServingStatus::Serving).await;
+            let retry = call(&app, &request).await;
+            assert_eq!(
+                retry.outcome(),
+                Outcome::AllWritten,
+                "{:?}",
+                retry.primary_error
+            );
+            let stored = app.get_manifest(task, "run-2").await.expect("manifest");
+            assert_eq!(stored.summary_json, request.summary_json);
+            assert_eq!(run_ids(&app, task).await, ["run-1", "run-2"]);
 
-    // Stop the server before unmounting, so nothing writes to the
-    // directory underneath afterwards.
-    app.stop().await;
-    drop(mount);
+            // Stop the server before unmounting, so nothing writes to the
+            // directory underneath afterwards.
+            app.stop().await;
+            drop(mount);
+        },
+    )
+    .await
 }

@@ -121,11 +121,13 @@ impl HeldStorage {
 impl Held {
     /// Waits until `n` manifest writes are held.
     pub async fn wait_held(&self, n: usize) {
-        self.held
-            .subscribe()
-            .wait_for(|held| *held >= n)
-            .await
-            .expect("held counter");
+        let mut held = self.held.subscribe();
+        crate::helpers::within(
+            &format!("{n} manifest writes to be held"),
+            held.wait_for(|held| *held >= n),
+        )
+        .await
+        .expect("held counter");
     }
 
     /// Lets `n` held manifest writes go on.

@@ -1,7 +1,7 @@
 //! Test harness: the real server on 127.0.0.1:0 with its own temp data dir,
 //! a real tonic channel, and typed helpers.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{future::Future, path::Path, sync::Arc, time::Duration};
 
 use runstore::{
     config::LogFormat,
@@ -20,6 +20,25 @@ use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+/// Longest a whole black-box test may run before it fails.
+pub const TEST_LIMIT: Duration = Duration::from_secs(240);
+/// Longest any single wait inside a test may take.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs a test body, failing it (instead of hanging) past [`TEST_LIMIT`].
+pub async fn within_test_limit(test: &str, body: impl Future<Output = ()>) {
+    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
+        panic!("test {test} ran past its limit of {TEST_LIMIT:?}");
+    }
+}
+
+/// Awaits `wait`, failing with a message naming `what` past [`WAIT_LIMIT`].
+pub async fn within<T>(what: &str, wait: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT_LIMIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {WAIT_LIMIT:?} waiting for {what}"))
+}
 
 /// Name the persistence service reports health under.
 pub const SERVICE_NAME: &str = "orchestrator.persistence.v1.PersistenceService";
@@ -201,9 +220,7 @@ impl TestApp {
                 }
                 panic!("health stream ended before {wanted:?}");
             };
-            tokio::time::timeout(Duration::from_secs(20), wait)
-                .await
-                .unwrap_or_else(|_| panic!("{service:?} never became {wanted:?}"));
+            within(&format!("health of {service:?} to become {wanted:?}"), wait).await;
         }
     }
 
@@ -218,7 +235,10 @@ impl TestApp {
     pub async fn stop(mut self) {
         self.begin_shutdown();
         if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server result");
+            within("the server to stop", server)
+                .await
+                .expect("server task")
+                .expect("server result");
         }
     }
 }
@@ -256,7 +276,7 @@ pub async fn write_all_at_once(
 
 /// The shared fixture: a realistic run summary, as bytes on disk.
 pub fn fixture_summary() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/run-summary.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/run-summary.json");
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
 }
 

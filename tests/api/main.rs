@@ -1,6 +1,7 @@
 //! Black-box tests: the real server on 127.0.0.1:0, a real channel, a real
 //! data dir per test.
 
+mod compression;
 mod concurrency;
 mod crash;
 mod deadlines;

@@ -316,10 +316,22 @@ async fn check_after_restart(data_dir: &Path, written: &[&CallResult], refused: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_finishes_admitted_calls_and_refuses_the_rest() {
-    sigterm_under_load("no shutdown delay", None).await;
+    crate::helpers::within_test_limit(
+        "sigterm_under_load_finishes_admitted_calls_and_refuses_the_rest",
+        async move {
+            sigterm_under_load("no shutdown delay", None).await;
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_refuses_every_call_sent_after_not_serving() {
-    sigterm_under_load("--shutdown-delay 1s", Some("1s")).await;
+    crate::helpers::within_test_limit(
+        "sigterm_under_load_refuses_every_call_sent_after_not_serving",
+        async move {
+            sigterm_under_load("--shutdown-delay 1s", Some("1s")).await;
+        },
+    )
+    .await
 }
