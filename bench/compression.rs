@@ -70,7 +70,7 @@ use tonic_health::pb::{
 };
 
 const DEFAULT_SMALL_CALLS: usize = 3000;
-const DEFAULT_LARGE_CALLS: usize = 50;
+const DEFAULT_LARGE_CALLS: usize = 100;
 /// Upper bound on either count, whatever the environment says.
 const MAX_CALLS: usize = 100_000;
 const LARGE_BYTES: usize = 1 << 20;
@@ -336,6 +336,7 @@ impl Server {
         let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let field = |i: usize| -> u64 { fields[i].parse().expect("numeric stat field") };
+        if std::env::var_os("DBG_SPLIT").is_some() { eprintln!("utime {} stime {}", field(11), field(12)); }
         field(11) + field(12)
     }
 
