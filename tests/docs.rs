@@ -125,7 +125,11 @@ fn the_table_parser_notices_a_missing_row() {
     // Negative control: the comparison above would fail on a README that
     // lacks a row, so it cannot pass vacuously.
     let mut documented = flags_from_readme();
-    let first = documented.keys().next().cloned().expect("a documented flag");
+    let first = documented
+        .keys()
+        .next()
+        .cloned()
+        .expect("a documented flag");
     documented.remove(&first);
     assert_ne!(
         documented.keys().collect::<Vec<_>>(),
@@ -165,7 +169,10 @@ fn every_path_in_the_layout_list_exists() {
         let entry = &line[4..];
         if !entry.starts_with(' ') {
             let path = entry.split_whitespace().next().unwrap_or_default();
-            assert!(root.join(path).exists(), "layout names {path}, which does not exist");
+            assert!(
+                root.join(path).exists(),
+                "layout names {path}, which does not exist"
+            );
             in_src = path == "src/";
         }
         if in_src {
