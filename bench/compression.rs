@@ -3,7 +3,8 @@
 //! summary travels in the request) and `GetManifest` (it travels in the
 //! reply).
 //!
-//! For each payload and encoding, in that order:
+//! `BENCH_ROUNDS` times (default 3), for each payload and each encoding (the
+//! encodings in a rotated order each round, after a `sync`):
 //!
 //! 1. Starts the real server binary (`runstore serve --listen 127.0.0.1:0`,
 //!    a fresh data dir under `$TMPDIR`), reads its address from the
@@ -25,6 +26,11 @@
 //!    the proxy runs on other threads and is not counted).
 //! 5. Stops the server with SIGTERM and requires exit status 0.
 //!
+//! The table gives per-call medians over the rounds, and the range of the
+//! server's CPU time across them: a `CompleteRun`'s server CPU is mostly
+//! kernel time for the two durable writes, which varies with the
+//! filesystem's state more than compression changes it.
+//!
 //! The compressing clients use `.send_compressed(e).accept_compressed(e)`,
 //! so both the request and the reply are compressed; the identity client
 //! uses neither. tonic compresses at fixed levels (gzip 6, zstd 3).
@@ -37,7 +43,7 @@
 //! Linux only (`/proc`). The server, proxy and client share the machine.
 //!
 //! Run: `cargo bench --bench compression`; fewer calls:
-//! `BENCH_SMALL_CALLS=500 BENCH_LARGE_CALLS=10 cargo bench --bench compression`.
+//! `BENCH_ROUNDS=1 BENCH_SMALL_CALLS=500 BENCH_LARGE_CALLS=10 cargo bench --bench compression`.
 //! `RUNSTORE_BIN` overrides the server binary (default: the one cargo built).
 
 use std::{
@@ -71,7 +77,8 @@ use tonic_health::pb::{
 
 const DEFAULT_SMALL_CALLS: usize = 3000;
 const DEFAULT_LARGE_CALLS: usize = 100;
-/// Upper bound on either count, whatever the environment says.
+const DEFAULT_ROUNDS: usize = 3;
+/// Upper bound on any count, whatever the environment says.
 const MAX_CALLS: usize = 100_000;
 const LARGE_BYTES: usize = 1 << 20;
 /// Calls in flight at once.
@@ -327,8 +334,8 @@ impl Server {
         }
     }
 
-    /// utime + stime of the whole process, in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
+    /// (utime, stime) of the whole process, all threads, in clock ticks.
+    fn cpu_ticks(&self) -> (u64, u64) {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
             .expect("reading /proc/<pid>/stat");
         // Fields after the parenthesised command name; utime and stime are
@@ -336,8 +343,7 @@ impl Server {
         let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let field = |i: usize| -> u64 { fields[i].parse().expect("numeric stat field") };
-        if std::env::var_os("DBG_SPLIT").is_some() { eprintln!("utime {} stime {}", field(11), field(12)); }
-        field(11) + field(12)
+        (field(11), field(12))
     }
 
     async fn stop(mut self) {
@@ -386,19 +392,23 @@ fn clock_ticks_per_second() -> u64 {
 }
 
 /// Everything counted during one phase.
+#[derive(Debug, Clone, Copy)]
 struct Reading {
     to_server: u64,
     to_client: u64,
-    server_ticks: u64,
+    server_user_ticks: u64,
+    server_sys_ticks: u64,
     client_nanos: u64,
 }
 
 impl Reading {
     fn take(counters: &Counters, server: &Server) -> Self {
+        let (user, sys) = server.cpu_ticks();
         Self {
             to_server: counters.to_server.load(Ordering::Relaxed),
             to_client: counters.to_client.load(Ordering::Relaxed),
-            server_ticks: server.cpu_ticks(),
+            server_user_ticks: user,
+            server_sys_ticks: sys,
             client_nanos: thread_cpu_nanos(),
         }
     }
@@ -407,20 +417,30 @@ impl Reading {
         Self {
             to_server: self.to_server - before.to_server,
             to_client: self.to_client - before.to_client,
-            server_ticks: self.server_ticks - before.server_ticks,
+            server_user_ticks: self.server_user_ticks - before.server_user_ticks,
+            server_sys_ticks: self.server_sys_ticks - before.server_sys_ticks,
             client_nanos: self.client_nanos - before.client_nanos,
         }
     }
 }
 
-/// One row of the table.
-struct Row {
-    payload: String,
+const RPCS: [&str; 2] = ["CompleteRun", "GetManifest"];
+
+/// One cell of the table: a payload, an encoding and an RPC, every round.
+struct Cell {
+    payload: usize,
     encoding: Encoding,
     rpc: &'static str,
     calls: usize,
     message_bytes: usize,
-    reading: Reading,
+    rounds: Vec<Reading>,
+}
+
+/// What one server's run of both phases measured.
+struct Measured {
+    /// Per RPC, in `RPCS` order: the encoded message carrying the summary,
+    /// and the reading.
+    phases: [(usize, Reading); 2],
 }
 
 /// Lets trailing frames (window updates, acks) through before a reading.
@@ -432,8 +452,7 @@ async fn measure(
     proxy_runtime: &tokio::runtime::Handle,
     payload: &Payload,
     encoding: Encoding,
-    rows: &mut Vec<Row>,
-) {
+) -> Measured {
     let server = Server::start();
     let counters = Arc::new(Counters::default());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
@@ -504,14 +523,7 @@ async fn measure(
             reply.primary_error
         );
     }
-    rows.push(Row {
-        payload: payload.label.clone(),
-        encoding,
-        rpc: "CompleteRun",
-        calls: payload.calls,
-        message_bytes,
-        reading: after.since(&before),
-    });
+    let writes = (message_bytes, after.since(&before));
 
     let before = Reading::take(&counters, &server);
     let reads = stream::iter(sent.iter())
@@ -541,18 +553,14 @@ async fn measure(
             request.run_id
         );
     }
-    rows.push(Row {
-        payload: payload.label.clone(),
-        encoding,
-        rpc: "GetManifest",
-        calls: payload.calls,
-        message_bytes: manifests[0].encoded_len(),
-        reading: after.since(&before),
-    });
+    let reads = (manifests[0].encoded_len(), after.since(&before));
 
     drop(client);
     server.stop().await;
     proxy_task.abort();
+    Measured {
+        phases: [writes, reads],
+    }
 }
 
 async fn wait_until_serving(mut health: HealthClient<Channel>) {
@@ -574,47 +582,79 @@ async fn wait_until_serving(mut health: HealthClient<Channel>) {
     }
 }
 
-fn print_table(rows: &[Row], ticks_per_second: u64) {
+/// Flushes dirty pages and lets the filesystem settle, so one cell's
+/// writeback and journal work does not land in the next one.
+fn quiesce() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn print_table(payloads: &[Payload], cells: &[Cell], ticks_per_second: u64) {
+    let tick_us = 1e6 / ticks_per_second as f64;
+    // Bytes of the direction that carries the summary, summed over rounds.
+    let carrying = |c: &Cell| -> u64 {
+        c.rounds
+            .iter()
+            .map(|r| {
+                if c.rpc == "CompleteRun" {
+                    r.to_server
+                } else {
+                    r.to_client
+                }
+            })
+            .sum()
+    };
     println!(
-        "| payload | rpc | encoding | calls | message B | client→server B/call | server→client B/call | wire vs identity | server CPU µs/call | client CPU µs/call |"
+        "| payload | rpc | encoding | message B | client→server B/call | server→client B/call | summary bytes vs identity | server CPU µs/call | of which user | client CPU µs/call |"
     );
     println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for row in rows {
-        let calls = row.calls as f64;
-        let up = row.reading.to_server as f64 / calls;
-        let down = row.reading.to_client as f64 / calls;
-        // The direction that carries the summary.
-        let carrying = |r: &Row| {
-            if r.rpc == "CompleteRun" {
-                r.reading.to_server
-            } else {
-                r.reading.to_client
-            }
+    for cell in cells {
+        let calls = cell.calls as f64;
+        let per_call = |f: &dyn Fn(&Reading) -> f64| -> Vec<f64> {
+            cell.rounds.iter().map(|r| f(r) / calls).collect()
         };
-        let identity = rows
+        let up = median(per_call(&|r| r.to_server as f64));
+        let down = median(per_call(&|r| r.to_client as f64));
+        let server = per_call(&|r| (r.server_user_ticks + r.server_sys_ticks) as f64 * tick_us);
+        let (lo, hi) = server.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+        let server_median = median(server);
+        let user = median(per_call(&|r| r.server_user_ticks as f64 * tick_us));
+        let client = median(per_call(&|r| r.client_nanos as f64 / 1e3));
+        let identity = cells
             .iter()
-            .find(|r| {
-                r.payload == row.payload && r.rpc == row.rpc && r.encoding == Encoding::Identity
+            .find(|c| {
+                c.payload == cell.payload && c.rpc == cell.rpc && c.encoding == Encoding::Identity
             })
             .map(carrying);
         let ratio = match identity {
-            Some(base) if base > 0 => format!("{:.1}%", 100.0 * carrying(row) as f64 / base as f64),
+            Some(base) if base > 0 => {
+                format!("{:.1}%", 100.0 * carrying(cell) as f64 / base as f64)
+            }
             _ => "-".into(),
         };
-        let server_us = row.reading.server_ticks as f64 * 1e6 / ticks_per_second as f64 / calls;
-        let client_us = row.reading.client_nanos as f64 / 1e3 / calls;
+        let spread = if cell.rounds.len() > 1 {
+            format!(" ({lo:.0}–{hi:.0})")
+        } else {
+            String::new()
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.0} | {:.0} |",
-            row.payload,
-            row.rpc,
-            row.encoding.name(),
-            row.calls,
-            row.message_bytes,
-            up,
-            down,
-            ratio,
-            server_us,
-            client_us,
+            "| {} | {} | {} | {} | {up:.0} | {down:.0} | {ratio} | {server_median:.0}{spread} | {user:.0} | {client:.0} |",
+            payloads[cell.payload].label,
+            cell.rpc,
+            cell.encoding.name(),
+            cell.message_bytes,
         );
     }
 }
@@ -622,6 +662,7 @@ fn print_table(rows: &[Row], ticks_per_second: u64) {
 fn main() {
     let small_calls = env_count("BENCH_SMALL_CALLS", DEFAULT_SMALL_CALLS);
     let large_calls = env_count("BENCH_LARGE_CALLS", DEFAULT_LARGE_CALLS);
+    let rounds = env_count("BENCH_ROUNDS", DEFAULT_ROUNDS);
     let ticks_per_second = clock_ticks_per_second();
     let payloads = [
         Payload::fixture(small_calls),
@@ -639,29 +680,57 @@ fn main() {
         .build()
         .expect("client runtime");
     let started = Instant::now();
-    let mut rows = Vec::new();
-    for payload in &payloads {
-        for encoding in Encoding::ALL {
-            eprintln!(
-                "{} / {}: {} calls",
-                payload.label,
-                encoding.name(),
-                payload.calls
-            );
-            runtime.block_on(measure(
-                proxy_runtime.handle(),
-                payload,
-                encoding,
-                &mut rows,
-            ));
+    let mut cells: Vec<Cell> = Vec::new();
+    for round in 0..rounds {
+        for (index, payload) in payloads.iter().enumerate() {
+            // Each round starts with a different encoding: a cell's cost
+            // depends a little on what the filesystem did just before.
+            let mut order = Encoding::ALL;
+            order.rotate_left(round % Encoding::ALL.len());
+            for encoding in order {
+                eprintln!(
+                    "round {}/{rounds}: {} / {}: {} calls",
+                    round + 1,
+                    payload.label,
+                    encoding.name(),
+                    payload.calls
+                );
+                quiesce();
+                let measured = runtime.block_on(measure(proxy_runtime.handle(), payload, encoding));
+                for (rpc, (message_bytes, reading)) in RPCS.into_iter().zip(measured.phases) {
+                    match cells
+                        .iter_mut()
+                        .find(|c| c.payload == index && c.encoding == encoding && c.rpc == rpc)
+                    {
+                        Some(cell) => cell.rounds.push(reading),
+                        None => cells.push(Cell {
+                            payload: index,
+                            encoding,
+                            rpc,
+                            calls: payload.calls,
+                            message_bytes,
+                            rounds: vec![reading],
+                        }),
+                    }
+                }
+            }
         }
     }
+    cells.sort_by_key(|c| {
+        (
+            c.payload,
+            c.rpc,
+            Encoding::ALL.iter().position(|&e| e == c.encoding),
+        )
+    });
     println!(
-        "compression: {} calls in flight, server CPU in {}-µs ticks, {} CPUs, {:.0} s",
-        IN_FLIGHT,
-        1_000_000 / ticks_per_second,
+        "compression: {rounds} rounds of {small_calls} (fixture) / {large_calls} (1 MiB) calls per RPC and encoding, {IN_FLIGHT} in flight; {} CPUs; {:.0} s",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         started.elapsed().as_secs_f64()
     );
-    print_table(&rows, ticks_per_second);
+    println!(
+        "per call: bytes are medians over rounds; server CPU is utime+stime from /proc (ticks of {} µs), median (min–max over rounds); client CPU is the client thread's schedstat time, median",
+        1_000_000 / ticks_per_second
+    );
+    print_table(&payloads, &cells, ticks_per_second);
 }
