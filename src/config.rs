@@ -6,10 +6,14 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    admission::DEFAULT_MAX_IN_FLIGHT,
-    auth::{BearerTokens, TokensError},
+    server::admission::DEFAULT_MAX_IN_FLIGHT,
+    server::auth::{BearerTokens, TokensError},
     server::{ServerSettings, TlsSettings},
-    service::{DEFAULT_MAX_SUMMARY_BYTES, ServiceSettings, WriteMode},
+    storage::{
+        StorageSetting,
+        sqlite::{LockWait, SqliteSettings},
+    },
+    api::{DEFAULT_MAX_SUMMARY_BYTES, ServiceSettings, WriteMode},
 };
 
 #[derive(Debug, Parser)]
@@ -41,9 +45,14 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTORE_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
-    /// Data directory of the filesystem storage; created if missing.
+    /// Data directory holding the SQLite database (runstore.db); created if missing.
     #[arg(long, env = "RUNSTORE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// How long a write waits for another process's lock on the database
+    /// before it fails with ABORTED (retryable).
+    #[arg(long, env = "RUNSTORE_LOCK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lock_timeout: Duration,
 
     /// Largest accepted summary_json, in bytes.
     #[arg(long, env = "RUNSTORE_MAX_SUMMARY_BYTES", default_value_t = DEFAULT_MAX_SUMMARY_BYTES)]
@@ -113,6 +122,17 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
 }
 
 impl ServeArgs {
+    /// The storage backend and its settings.
+    pub fn storage_setting(&self) -> StorageSetting {
+        StorageSetting::Sqlite(SqliteSettings {
+            data_dir: self.data_dir.clone(),
+            max_summary_bytes: self.max_summary_bytes,
+            lock_wait: LockWait {
+                timeout: self.lock_timeout,
+            },
+        })
+    }
+
     /// Builds the server settings, reading the TLS and token files named.
     pub fn server_settings(&self) -> Result<ServerSettings, ConfigError> {
         let tls = match (&self.tls_cert, &self.tls_key) {

@@ -1,14 +1,12 @@
 //! The `runstore` binary: parses config, starts the server, waits for
 //! SIGTERM or SIGINT.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::Parser;
 use runstore::{
     config::{Cli, Command, ServeArgs},
     server,
-    storage::FsStorage,
+    storage,
     telemetry,
 };
 use tokio::net::TcpListener;
@@ -23,8 +21,8 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, std::io::stdout);
     let settings = args.server_settings()?;
-    let storage = FsStorage::open(&args.data_dir)
-        .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+    let storage = storage::open(&args.storage_setting())
+        .with_context(|| format!("opening storage in {}", args.data_dir.display()))?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -36,7 +34,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth = args.auth_tokens_file.is_some(),
         "listening"
     );
-    server::run(listener, Arc::new(storage), settings, shutdown_signal()).await?;
+    server::run(listener, storage, settings, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::{
-    error::{code_name, storage_failure},
+    api::error::{code_name, storage_failure},
     proto::{CompleteRunResponse, Outcome, WriteState, WriteStatus, WriteTarget},
     storage::{StorageError, WriteReceipt},
 };
