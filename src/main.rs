@@ -23,6 +23,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.server_settings()?;
     let storage = storage::open(&args.storage_setting())
         .with_context(|| format!("opening storage in {}", args.data_dir.display()))?;
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -34,24 +35,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth = args.auth_tokens_file.is_some(),
         "listening"
     );
-    server::run(listener, storage, settings, shutdown_signal()).await?;
+    server::run(listener, storage, settings, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Resolves on the first SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, so a signal that arrives
+/// as soon as "listening" is logged already means a graceful shutdown, and
+/// returns a future that resolves on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut sigterm) => {
-            tokio::select! {
-                _ = sigterm.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
         }
-        Err(err) => {
-            tracing::error!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }

@@ -11,8 +11,12 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A log sink that goes away (a supervisor closing the pipe) must not
+    // take the server down: tracing reports failed writes with eprintln!,
+    // which panics when stderr is that closed pipe too.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(sink);
     // A second init (e.g. several tests in one process) keeps the first.
     let _ = match format {

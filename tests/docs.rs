@@ -144,3 +144,53 @@ fn the_readme_states_the_codes_nesting_limit() {
         "README must say {stated:?}"
     );
 }
+
+#[test]
+fn every_path_in_the_layout_list_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = readme();
+    let layout = readme
+        .split("\n## Layout of the code\n")
+        .nth(1)
+        .expect("a Layout of the code section");
+    let block: Vec<&str> = layout
+        .lines()
+        .skip_while(|line| line.trim().is_empty())
+        .take_while(|line| line.starts_with("    "))
+        .collect();
+    assert!(block.len() >= 5, "layout list too short: {block:?}");
+    let mut src_files = Vec::new();
+    let mut in_src = false;
+    for line in &block {
+        let entry = &line[4..];
+        if !entry.starts_with(' ') {
+            let path = entry.split_whitespace().next().unwrap_or_default();
+            assert!(root.join(path).exists(), "layout names {path}, which does not exist");
+            in_src = path == "src/";
+        }
+        if in_src {
+            src_files.extend(
+                entry
+                    .split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
+                    .filter(|word| word.ends_with(".rs")),
+            );
+        }
+    }
+    for file in src_files {
+        let found = walk(&root.join("src")).iter().any(|p| p.ends_with(file));
+        assert!(found, "layout names src file {file}, which does not exist");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read src").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -1,10 +1,14 @@
 // Package interop shows how a Go orchestrator records a finished run in
-// runstore, and tests that against the real server binary.
+// runstore and reads a task's history back, and tests that against the real
+// server binary.
 package interop
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"iter"
+	"math/rand/v2"
 	"time"
 
 	pb "runstore.dev/interop/gen/persistencev1"
@@ -14,21 +18,23 @@ import (
 // record unwritten. Status is the server's primary_error: the write to act
 // on (the manifest's when both failed).
 type WriteError struct {
-	Outcome pb.Outcome
-	Status  *pb.WriteStatus
+	Outcome  pb.Outcome
+	Status   *pb.WriteStatus
+	Attempts int // calls made, the first included
 }
 
 func (e *WriteError) Error() string {
-	return fmt.Sprintf("runstore: %s (%s write %s: %s)",
-		e.Outcome, e.Status.GetTarget(), e.Status.GetCode(), e.Status.GetMessage())
+	return fmt.Sprintf("runstore: %s after %d attempt(s) (%s write %s: %s, location %s)",
+		e.Outcome, e.Attempts, e.Status.GetTarget(), e.Status.GetCode(), e.Status.GetMessage(),
+		e.Status.GetLocation())
 }
 
 // Retryable reports whether repeating the same CompleteRun may succeed. Retries
 // are safe: the same ids replace the snapshot entry and rewrite the manifest.
 func (e *WriteError) Retryable() bool { return e.Status.GetRetryable() }
 
-// CompleteRun durably records a finished run: its snapshot entry and its
-// manifest. A failed call returns the gRPC error (inspect it with
+// CompleteRun durably records a finished run in one call: its snapshot entry
+// and its manifest. A failed call returns the gRPC error (inspect it with
 // status.Code); a call whose writes did not all succeed returns the response
 // together with a *WriteError.
 func CompleteRun(ctx context.Context, client pb.PersistenceServiceClient,
@@ -43,7 +49,129 @@ func CompleteRun(ctx context.Context, client pb.PersistenceServiceClient,
 		return nil, err
 	}
 	if p := resp.GetPrimaryError(); p != nil {
-		return resp, &WriteError{Outcome: resp.GetOutcome(), Status: p}
+		return resp, &WriteError{Outcome: resp.GetOutcome(), Status: p, Attempts: 1}
 	}
 	return resp, nil
+}
+
+// RecordDeadline bounds RecordRun: every attempt and every wait between them.
+const RecordDeadline = 30 * time.Second
+
+// RecordRun is an orchestrator's end-of-run step: it records the run within
+// RecordDeadline, retrying as DefaultRetry says while runstore reports a
+// retryable write failure, and returns the error to alert on when the run
+// could not be persisted.
+func RecordRun(ctx context.Context, client pb.PersistenceServiceClient,
+	taskID, runID string, finishedAt time.Time, summaryJSON []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, RecordDeadline)
+	defer cancel()
+	_, err := CompleteRunWithRetry(ctx, client, taskID, runID, finishedAt, summaryJSON, DefaultRetry)
+	if err != nil {
+		return fmt.Errorf("run %s/%s not persisted: %w", taskID, runID, err)
+	}
+	return nil
+}
+
+// Retry says how CompleteRunWithRetry spaces its attempts.
+type Retry struct {
+	Attempts  int           // calls at most, the first included
+	BaseDelay time.Duration // wait before the second call; doubles for each further one
+	MaxDelay  time.Duration // longest wait
+	// Sleep waits d, or returns ctx.Err() if ctx ends first; nil: a timer.
+	// Tests replace it to watch the waits.
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// DefaultRetry makes up to 5 calls, waiting about 0.2, 0.4, 0.8 and 1.6 s.
+var DefaultRetry = Retry{Attempts: 5, BaseDelay: 200 * time.Millisecond, MaxDelay: 5 * time.Second}
+
+// CompleteRunWithRetry records a finished run, calling CompleteRun again with
+// the same ids (a retry replaces the snapshot entry and rewrites the
+// manifest; nothing is recorded twice) while primary_error says a retry may
+// succeed. Waits double from BaseDelay up to MaxDelay, each jittered to
+// between half and all of that, so callers that failed together do not
+// retry together.
+//
+// ctx's deadline bounds every attempt and every wait: give it one. The
+// error is the one to alert on: a call's gRPC error, at once (status.Code:
+// InvalidArgument, DeadlineExceeded, Unavailable, ...), or the last
+// *WriteError when it is not retryable, the attempts are used up, or the
+// next attempt would start after the deadline.
+func CompleteRunWithRetry(ctx context.Context, client pb.PersistenceServiceClient,
+	taskID, runID string, finishedAt time.Time, summaryJSON []byte, r Retry) (*pb.CompleteRunResponse, error) {
+	sleep := r.Sleep
+	if sleep == nil {
+		sleep = sleepCtx
+	}
+	delay := min(r.BaseDelay, r.MaxDelay)
+	for attempt := 1; ; attempt++ {
+		resp, err := CompleteRun(ctx, client, taskID, runID, finishedAt, summaryJSON)
+		var writeErr *WriteError
+		if !errors.As(err, &writeErr) {
+			return resp, err // written, or the call failed
+		}
+		writeErr.Attempts = attempt
+		wait := delay/2 + rand.N(delay/2+1)
+		deadline, hasDeadline := ctx.Deadline()
+		if !writeErr.Retryable() || attempt >= r.Attempts || hasDeadline && time.Until(deadline) <= wait {
+			return resp, err // given up
+		}
+		if err := sleep(ctx, wait); err != nil {
+			return resp, errors.Join(writeErr, err)
+		}
+		delay = min(2*delay, r.MaxDelay)
+	}
+}
+
+// sleepCtx waits d, or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// PageTimeout bounds each GetTaskSnapshot call of Runs.
+const PageTimeout = 10 * time.Second
+
+// Runs reads a task's whole history, oldest first: one GetTaskSnapshot call
+// of at most pageSize runs per page (0: the server's default, 100), each
+// within PageTimeout, asking for the next page with next_page_token until
+// it is empty. A failed call ends the sequence with its error (NotFound:
+// the task has no recorded runs).
+//
+//	for run, err := range interop.Runs(ctx, client, taskID, 100) {
+//		if err != nil {
+//			return err
+//		}
+//		fmt.Println(run.GetRunId(), run.GetTimestamp())
+//	}
+func Runs(ctx context.Context, client pb.PersistenceServiceClient,
+	taskID string, pageSize uint32) iter.Seq2[*pb.RunEntry, error] {
+	return func(yield func(*pb.RunEntry, error) bool) {
+		pageToken := ""
+		for {
+			pageCtx, cancel := context.WithTimeout(ctx, PageTimeout)
+			page, err := client.GetTaskSnapshot(pageCtx, &pb.GetTaskSnapshotRequest{
+				TaskId: taskID, PageSize: pageSize, PageToken: pageToken,
+			})
+			cancel()
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			for _, run := range page.GetRuns() {
+				if !yield(run, nil) {
+					return
+				}
+			}
+			if pageToken = page.GetNextPageToken(); pageToken == "" {
+				return
+			}
+		}
+	}
 }

@@ -182,7 +182,7 @@ func waitServing(t *testing.T, health healthpb.HealthClient, service string) {
 	}
 }
 
-// fixture is shared/fixtures/run-summary.json, beside the repository.
+// fixture is tests/fixtures/run-summary.json.
 type fixture struct {
 	raw           []byte
 	taskID, runID string
@@ -191,7 +191,7 @@ type fixture struct {
 
 func loadFixture(t *testing.T) fixture {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join("..", "..", "..", "..", "shared", "fixtures", "run-summary.json"))
+	raw, err := os.ReadFile(filepath.Join("..", "..", "fixtures", "run-summary.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,12 +227,12 @@ func TestCompleteRunWritesBoth(t *testing.T) {
 
 	resp := record(t, client, f)
 
-	if resp.GetOutcome() != pb.Outcome_ALL_WRITTEN {
-		t.Errorf("outcome = %v, want ALL_WRITTEN", resp.GetOutcome())
+	if resp.GetOutcome() != pb.Outcome_OUTCOME_ALL_WRITTEN {
+		t.Errorf("outcome = %v, want OUTCOME_ALL_WRITTEN", resp.GetOutcome())
 	}
 	for _, w := range []*pb.WriteStatus{resp.GetSnapshot(), resp.GetManifest()} {
-		if w.GetState() != pb.WriteState_WRITTEN || w.GetCode() != "OK" {
-			t.Errorf("%v write: state %v, code %q; want WRITTEN, OK", w.GetTarget(), w.GetState(), w.GetCode())
+		if w.GetState() != pb.WriteState_WRITE_STATE_WRITTEN || w.GetCode() != "OK" {
+			t.Errorf("%v write: state %v, code %q; want WRITE_STATE_WRITTEN, OK", w.GetTarget(), w.GetState(), w.GetCode())
 		}
 	}
 	if resp.PrimaryError != nil {

@@ -2,11 +2,13 @@
 //
 //   import { RunstoreClient } from "./client.mjs";
 //   const client = new RunstoreClient("127.0.0.1:50051");
-//   await client.completeRun({ taskId, runId, timestamp, summaryJson });
+//   await client.completeRunWithRetry({ taskId, runId, timestamp, summaryJson });
+//   for await (const run of client.runs({ taskId })) console.log(run.runId);
 //
 // Run directly to record one summary file (taskId, runId and timestamp are
 // taken from the file):  node client.mjs 127.0.0.1:50051 run-summary.json
 import { readFileSync } from "node:fs";
+import { setTimeout as sleepMs } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
@@ -34,14 +36,20 @@ const { Health } = load("health.proto", [HERE]).grpc.health.v1;
 
 export const PERSISTENCE_SERVICE = "orchestrator.persistence.v1.PersistenceService";
 
-/** CompleteRun was answered, but not every write is durable. */
+/**
+ * CompleteRun was answered, but not every write is durable. `error` is the
+ * response's primaryError: the failed write to act on (the manifest's when
+ * both failed).
+ */
 export class RunNotPersistedError extends Error {
   constructor(response) {
     const e = response.primaryError;
-    super(`run not persisted (${response.outcome}): ${e.target} ${e.code}: ${e.message}`);
+    super(`run not persisted (${response.outcome}): ${e.target} ${e.code}: ${e.message} (location ${e.location})`);
     this.name = "RunNotPersistedError";
     this.response = response;
+    this.error = e;
     this.retryable = e.retryable; // retrying the same CompleteRun may succeed
+    this.attempts = 1; // calls made
   }
 }
 
@@ -53,24 +61,57 @@ export class RunstoreClient {
     this.healthService = new Health(address, credentials, { channelOverride: this.service.getChannel() });
   }
 
-  // Promisified unary call with a deadline. Rejects with the grpc-js error
-  // (err.code is a grpc.status number, err.details the server's message).
-  #call(stub, method, request) {
-    const deadline = Date.now() + this.deadlineMs;
+  // Promisified unary call with a deadline (ms since the epoch; default
+  // deadlineMs from now). Rejects with the grpc-js error (err.code is a
+  // grpc.status number, err.details the server's message).
+  #call(stub, method, request, deadline = Date.now() + this.deadlineMs) {
     return new Promise((resolve, reject) =>
       stub[method](request, { deadline }, (err, res) => (err ? reject(err) : resolve(res))),
     );
   }
 
   /**
-   * Records a completed run. Resolves with the response when both the
-   * snapshot and the manifest are durable (outcome ALL_WRITTEN); throws
-   * RunNotPersistedError (with .retryable and .response) otherwise.
+   * Records a completed run in one call. Resolves with the response when
+   * both the snapshot and the manifest are durable (OUTCOME_ALL_WRITTEN);
+   * throws RunNotPersistedError (with .retryable and .response) otherwise.
    */
-  async completeRun({ taskId, runId, timestamp, summaryJson }) {
-    const res = await this.#call(this.service, "completeRun", { taskId, runId, timestamp, summaryJson });
-    if (res.outcome !== "ALL_WRITTEN") throw new RunNotPersistedError(res);
+  async completeRun({ taskId, runId, timestamp, summaryJson }, { deadline } = {}) {
+    const res = await this.#call(this.service, "completeRun", { taskId, runId, timestamp, summaryJson }, deadline);
+    if (res.outcome !== "OUTCOME_ALL_WRITTEN") throw new RunNotPersistedError(res);
     return res;
+  }
+
+  /**
+   * Records a run at its end, retrying while runstore says a retry may
+   * succeed. `deadlineMs` is the deadline of the whole call: every attempt
+   * and every wait between them. A retry sends the same ids, so it replaces
+   * the snapshot entry and rewrites the manifest; nothing is recorded twice.
+   * Waits double from `baseDelayMs` up to `maxDelayMs`, each jittered to
+   * between half and all of that, so callers that failed together do not
+   * retry together. `sleep` is there so tests can watch the waits.
+   *
+   * Resolves with the response once both writes are durable. Otherwise
+   * throws the error to alert on: RunNotPersistedError when primaryError is
+   * not retryable, the attempts are used up, or the next attempt would start
+   * after the deadline; the grpc-js error at once when a call itself failed
+   * (INVALID_ARGUMENT, DEADLINE_EXCEEDED, UNAVAILABLE, ...).
+   */
+  async completeRunWithRetry(
+    run,
+    { deadlineMs = 30_000, attempts = 5, baseDelayMs = 200, maxDelayMs = 5_000, sleep = sleepMs } = {},
+  ) {
+    const deadline = Date.now() + deadlineMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.completeRun(run, { deadline });
+      } catch (err) {
+        if (!(err instanceof RunNotPersistedError)) throw err;
+        err.attempts = attempt;
+        const delay = Math.min(maxDelayMs, baseDelayMs * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
+        if (!err.retryable || attempt >= attempts || Date.now() + delay >= deadline) throw err;
+        await sleep(delay);
+      }
+    }
   }
 
   getManifest({ taskId, runId }) {
@@ -79,6 +120,22 @@ export class RunstoreClient {
 
   getTaskSnapshot({ taskId, pageSize = 0, pageToken = "" }) {
     return this.#call(this.service, "getTaskSnapshot", { taskId, pageSize, pageToken });
+  }
+
+  /**
+   * Yields every run of a task's history, oldest first, one page per call:
+   * a GetTaskSnapshot of at most `pageSize` runs, each with its own
+   * deadline, asking for the next page with nextPageToken until that is
+   * empty. Throws the grpc-js error, e.g. NOT_FOUND (code 5) when the task
+   * has no recorded runs.
+   */
+  async *runs({ taskId, pageSize = 100 }) {
+    let pageToken = "";
+    do {
+      const page = await this.getTaskSnapshot({ taskId, pageSize, pageToken });
+      yield* page.runs;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
   }
 
   /** grpc.health.v1 Check: resolves with "SERVING", "NOT_SERVING", ... */
@@ -104,11 +161,13 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const { taskId, runId, timestamp } = JSON.parse(summaryJson);
   const client = new RunstoreClient(address);
   try {
-    const res = await client.completeRun({ taskId, runId, timestamp, summaryJson });
+    const res = await client.completeRunWithRetry({ taskId, runId, timestamp, summaryJson }, { deadlineMs: 30_000 });
     console.log(`${res.outcome}: manifest ${res.manifest.location}, snapshot ${res.snapshot.location}`);
   } catch (err) {
-    console.error(err instanceof RunNotPersistedError ? `${err.message} (retryable: ${err.retryable})` : err.message);
-    process.exitCode = 1;
+    // Given up: not retryable, still failing, or the call failed. Alert with what and where.
+    const attempts = err instanceof RunNotPersistedError ? ` after ${err.attempts} attempt(s)` : "";
+    console.error(`run ${taskId}/${runId} not persisted${attempts}: ${err.message}`);
+    process.exitCode = err.retryable ? 75 : 1; // 75, EX_TEMPFAIL: worth running again later
   } finally {
     client.close();
   }

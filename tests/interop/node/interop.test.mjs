@@ -2,26 +2,27 @@
 // a real gRPC channel with @grpc/grpc-js.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { constants, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import { PERSISTENCE_SERVICE, RunstoreClient } from "./client.mjs";
+import { promisify } from "node:util";
+import { PERSISTENCE_SERVICE, RunNotPersistedError, RunstoreClient } from "./client.mjs";
 
+const HERE = fileURLToPath(new URL(".", import.meta.url));
 const REPO = fileURLToPath(new URL("../../..", import.meta.url));
 const RUNSTORE_BIN = process.env.RUNSTORE_BIN ?? join(REPO, "target/release/runstore");
-const FIXTURE = join(REPO, "../shared/fixtures/run-summary.json");
+const FIXTURE = join(REPO, "tests/fixtures/run-summary.json");
 const TIMESTAMP = "2026-01-05T19:26:37.274Z";
 
 const text = readFileSync(FIXTURE, "utf8");
 const { taskId, runId } = JSON.parse(text); // ids only; the summary itself is never parsed
 const run = { taskId, runId, timestamp: TIMESTAMP, summaryJson: text };
 
-let server, serverExit, dataDir, client;
+let server, serverExit, dataDir, address, client;
 const logs = []; // every server stdout/stderr line, shown when something fails
 
 /** Resolves when `promise` settles; rejects after `ms` with `what` in the message. */
@@ -59,7 +60,8 @@ before(async () => {
     server.once("error", reject);
     serverExit.then(({ code, signal }) => reject(new Error(`server exited early (${code ?? signal})\n${logs.join("\n")}`)));
   });
-  client = new RunstoreClient(await within(30_000, "server start-up", addr));
+  address = await within(30_000, "server start-up", addr);
+  client = new RunstoreClient(address);
 });
 
 after(async () => {
@@ -77,21 +79,28 @@ after(async () => {
 });
 
 test("health: SERVING for the server and for PersistenceService", async () => {
-  // NOT_SERVING briefly at start, until the first storage probe write succeeds.
+  // NOT_SERVING briefly at start, until the first storage probe write
+  // succeeds: watch, with a deadline, until SERVING.
   for (const service of ["", PERSISTENCE_SERVICE]) {
-    const deadline = Date.now() + 10_000;
-    let status;
-    while ((status = await client.health(service)) !== "SERVING" && Date.now() < deadline) await sleep(100);
-    assert.equal(status, "SERVING", `health of "${service}"`);
+    const watch = client.healthService.watch({ service }, { deadline: Date.now() + 10_000 });
+    try {
+      for await (const { status } of watch) if (status === "SERVING") break;
+    } finally {
+      watch.cancel();
+    }
+    assert.equal(await client.health(service), "SERVING", `health of "${service}"`);
   }
 });
 
 test("CompleteRun writes the snapshot and the manifest", async () => {
   const res = await client.completeRun(run);
-  assert.equal(res.outcome, "ALL_WRITTEN");
-  for (const [status, target] of [[res.snapshot, "SNAPSHOT"], [res.manifest, "MANIFEST"]]) {
+  assert.equal(res.outcome, "OUTCOME_ALL_WRITTEN");
+  for (const [status, target] of [
+    [res.snapshot, "WRITE_TARGET_SNAPSHOT"],
+    [res.manifest, "WRITE_TARGET_MANIFEST"],
+  ]) {
     assert.equal(status.target, target);
-    assert.equal(status.state, "WRITTEN");
+    assert.equal(status.state, "WRITE_STATE_WRITTEN");
     assert.equal(status.code, "OK");
   }
   assert.equal(res.primaryError, null);
@@ -140,5 +149,251 @@ test("an invalid task id is INVALID_ARGUMENT, and the server keeps serving", asy
     timestamp: TIMESTAMP,
     summaryJson: '{"taskId":"node-after-invalid","runId":"r1"}',
   });
-  assert.equal(res.outcome, "ALL_WRITTEN");
+  assert.equal(res.outcome, "OUTCOME_ALL_WRITTEN");
+});
+
+// --- The client helpers the README quotes -----------------------------------
+
+test("README: every JavaScript block before \"Running the tests\" is client.mjs code, verbatim", () => {
+  const [calling] = readFileSync(join(HERE, "README.md"), "utf8").split("\n## Running the tests");
+  const source = readFileSync(join(HERE, "client.mjs"), "utf8");
+  const blocks = [...calling.matchAll(/^```js\n(.*?)^```$/gms)].map((m) => m[1]);
+  assert.ok(blocks.length >= 3, `${blocks.length} blocks`);
+  const indent = (block, n) => block.replace(/^(?=.)/gm, " ".repeat(n));
+  for (const block of blocks) assert.ok([0, 2, 4].some((n) => source.includes(indent(block, n))), block);
+  for (const name of ["async completeRunWithRetry(", "async *runs("]) {
+    assert.ok(blocks.some((b) => b.includes(name)), name);
+  }
+});
+
+/** A client on the test server whose completeRun / getTaskSnapshot calls are recorded. */
+function spied() {
+  const c = new RunstoreClient(address);
+  const calls = { completeRun: [], getTaskSnapshot: [] };
+  for (const method of Object.keys(calls)) {
+    const real = c[method].bind(c);
+    c[method] = (...args) => {
+      calls[method].push(args);
+      return real(...args);
+    };
+  }
+  return { client: c, calls };
+}
+
+/** A client whose completeRun answers from `replies` (the last repeats), recording its calls. */
+function scripted(replies) {
+  const c = new RunstoreClient("127.0.0.1:1"); // never connected
+  const calls = [];
+  c.completeRun = async (request, options) => {
+    calls.push({ request, options });
+    const res = replies.length > 1 ? replies.shift() : replies[0];
+    if (res.outcome !== "OUTCOME_ALL_WRITTEN") throw new RunNotPersistedError(res);
+    return res;
+  };
+  return { client: c, calls };
+}
+
+function failed(code = "UNAVAILABLE", retryable = true) {
+  const manifest = {
+    target: "WRITE_TARGET_MANIFEST", state: "WRITE_STATE_FAILED", code, message: "injected", retryable,
+    location: "runs/t/r/manifest.json",
+  };
+  const snapshot = { target: "WRITE_TARGET_SNAPSHOT", state: "WRITE_STATE_WRITTEN", code: "OK" };
+  return { snapshot, manifest, outcome: "OUTCOME_MANIFEST_FAILED", primaryError: manifest };
+}
+
+const WRITTEN_REPLY = { outcome: "OUTCOME_ALL_WRITTEN", primaryError: null };
+
+const noSleep = async (ms) => assert.fail(`retried (waited ${ms} ms) where it should not have`);
+
+/** Places a file where the task's manifest directory must go: FAILED_PRECONDITION, not retryable. */
+function blockManifests(task) {
+  mkdirSync(join(dataDir, "runs"), { recursive: true });
+  writeFileSync(join(dataDir, "runs", task), "in the way");
+}
+
+test("completeRunWithRetry: resolves at once when both writes are durable", async () => {
+  const { client: c, calls } = spied();
+  try {
+    const start = Date.now();
+    const res = await c.completeRunWithRetry(run, { sleep: noSleep });
+    const end = Date.now();
+    assert.equal(res.outcome, "OUTCOME_ALL_WRITTEN");
+    assert.equal(calls.completeRun.length, 1);
+    const [request, { deadline }] = calls.completeRun[0];
+    assert.deepEqual(request, run);
+    assert.ok(start + 30_000 <= deadline && deadline <= end + 30_000, `deadline ${deadline}`);
+  } finally {
+    c.close();
+  }
+});
+
+test("completeRunWithRetry: throws at once on a write that is not retryable", async () => {
+  blockManifests("node-blocked");
+  const { client: c, calls } = spied();
+  try {
+    const blocked = { taskId: "node-blocked", runId: "r1", timestamp: TIMESTAMP, summaryJson: "{}" };
+    await assert.rejects(c.completeRunWithRetry(blocked, { sleep: noSleep }), (err) => {
+      assert.ok(err instanceof RunNotPersistedError, err.message);
+      assert.equal(err.response.outcome, "OUTCOME_MANIFEST_FAILED");
+      assert.equal(err.error.target, "WRITE_TARGET_MANIFEST");
+      assert.equal(err.error.code, "FAILED_PRECONDITION");
+      assert.equal(err.error.location, "runs/node-blocked/r1/manifest.json");
+      assert.equal(err.response.snapshot.state, "WRITE_STATE_WRITTEN");
+      assert.equal(err.retryable, false);
+      assert.equal(err.attempts, 1);
+      return true;
+    });
+    assert.equal(calls.completeRun.length, 1);
+  } finally {
+    c.close();
+  }
+});
+
+test("completeRunWithRetry: throws at once on INVALID_ARGUMENT", async () => {
+  const { client: c, calls } = spied();
+  try {
+    const bad = { taskId: "a/b", runId: "r1", timestamp: TIMESTAMP, summaryJson: "{}" };
+    await assert.rejects(c.completeRunWithRetry(bad, { sleep: noSleep }), (err) => {
+      assert.equal(err.code, 3); // grpc.status.INVALID_ARGUMENT
+      assert.match(err.details, /task_id/);
+      return true;
+    });
+    assert.equal(calls.completeRun.length, 1);
+  } finally {
+    c.close();
+  }
+});
+
+test("completeRunWithRetry: passes its deadline (one that passed a second ago is DEADLINE_EXCEEDED)", async () => {
+  // grpc-js fails a call whose deadline has passed without sending it.
+  const { client: c, calls } = spied();
+  try {
+    await assert.rejects(c.completeRunWithRetry(run, { deadlineMs: -1000, sleep: noSleep }), (err) => {
+      assert.equal(err.code, 4); // grpc.status.DEADLINE_EXCEEDED
+      return true;
+    });
+    assert.equal(calls.completeRun.length, 1);
+  } finally {
+    c.close();
+  }
+});
+
+test("completeRunWithRetry: backs off exponentially, with the same request and one deadline", async () => {
+  const { client: c, calls } = scripted([failed(), failed("RESOURCE_EXHAUSTED"), WRITTEN_REPLY]);
+  const waits = [];
+  try {
+    const res = await c.completeRunWithRetry(run, { baseDelayMs: 200, sleep: async (ms) => waits.push(ms) });
+    assert.equal(res, WRITTEN_REPLY);
+    assert.equal(calls.length, 3);
+    for (const call of calls) {
+      assert.deepEqual(call.request, run);
+      assert.equal(call.options.deadline, calls[0].options.deadline);
+    }
+    // Jittered to between half and all of 200 ms, then 400 ms.
+    assert.equal(waits.length, 2);
+    assert.ok(waits[0] >= 100 && waits[0] <= 200, `${waits}`);
+    assert.ok(waits[1] >= 200 && waits[1] <= 400, `${waits}`);
+  } finally {
+    c.close();
+  }
+});
+
+test("completeRunWithRetry: gives up after its attempts", async () => {
+  const { client: c, calls } = scripted([failed()]);
+  const waits = [];
+  try {
+    const options = { attempts: 4, baseDelayMs: 200, maxDelayMs: 300, sleep: async (ms) => waits.push(ms) };
+    await assert.rejects(c.completeRunWithRetry(run, options), (err) => {
+      assert.ok(err instanceof RunNotPersistedError);
+      assert.equal(err.retryable, true);
+      assert.equal(err.attempts, 4);
+      return true;
+    });
+    assert.equal(calls.length, 4);
+    assert.equal(waits.length, 3);
+    assert.ok(waits[0] >= 100 && waits[0] <= 200, `${waits}`);
+    assert.ok(waits.slice(1).every((ms) => ms >= 150 && ms <= 300), `capped: ${waits}`);
+  } finally {
+    c.close();
+  }
+});
+
+test("completeRunWithRetry: gives up when the next attempt would miss the deadline", async () => {
+  const { client: c, calls } = scripted([failed()]);
+  try {
+    const options = { deadlineMs: 1_000, baseDelayMs: 10_000, sleep: noSleep };
+    await assert.rejects(
+      c.completeRunWithRetry(run, options),
+      (err) => err instanceof RunNotPersistedError && err.retryable,
+    );
+    assert.equal(calls.length, 1);
+  } finally {
+    c.close();
+  }
+});
+
+test("runs(): reads a history longer than a page, every run once, in timestamp order", async () => {
+  const task = "node-paged";
+  const stamps = [0, 1, 2, 3, 4].map((i) => `2026-01-05T19:26:3${i}.000Z`);
+  for (const i of [3, 0, 4, 1, 2]) {
+    // recorded out of order; read back by timestamp
+    const runId = `run-${i}`;
+    await client.completeRunWithRetry({
+      taskId: task, runId, timestamp: stamps[i], summaryJson: JSON.stringify({ taskId: task, runId }),
+    });
+  }
+  const { client: c, calls } = spied();
+  try {
+    const seen = [];
+    for await (const r of c.runs({ taskId: task, pageSize: 2 })) {
+      seen.push([r.runId, r.timestamp]);
+      if (seen.length === 10) break; // a client that lost its page token would repeat page 1 forever
+    }
+    assert.deepEqual(seen, stamps.map((ts, i) => [`run-${i}`, ts]));
+    const pages = calls.getTaskSnapshot.map(([request]) => request);
+    assert.deepEqual(pages.map((p) => p.pageSize), [2, 2, 2]);
+    assert.equal(pages[0].pageToken, "");
+    assert.ok(pages[1].pageToken && pages[2].pageToken && pages[1].pageToken !== pages[2].pageToken);
+  } finally {
+    c.close();
+  }
+});
+
+test("runs(): an unknown task is NOT_FOUND", async () => {
+  const pages = client.runs({ taskId: "node-never-ran" });
+  await assert.rejects(pages.next(), (err) => err.code === 5); // grpc.status.NOT_FOUND
+});
+
+/** client.mjs as a command, with a bounded wait: { code, stdout, stderr }. */
+async function cli(...args) {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [join(HERE, "client.mjs"), ...args], {
+      timeout: 60_000,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    if (typeof err.code !== "number") throw err; // killed at the timeout, or did not start
+    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
+  }
+}
+
+test("client.mjs as a command records the fixture", async () => {
+  const { code, stdout, stderr } = await cli(address, FIXTURE);
+  assert.equal(code, 0, stderr);
+  assert.match(stdout, new RegExp(`^OUTCOME_ALL_WRITTEN: manifest runs/${taskId}/${runId}/manifest.json`));
+});
+
+test("client.mjs as a command alerts when the run is not persisted", async () => {
+  blockManifests("node-cli-blocked");
+  const dir = mkdtempSync(join(tmpdir(), "runstore-node-cli-"));
+  const file = join(dir, "run-summary.json");
+  writeFileSync(file, JSON.stringify({ taskId: "node-cli-blocked", runId: "r1", timestamp: TIMESTAMP }));
+  try {
+    const { code, stderr } = await cli(address, file);
+    assert.equal(code, 1);
+    assert.match(stderr, /^run node-cli-blocked\/r1 not persisted after 1 attempt\(s\): .*FAILED_PRECONDITION/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -1,11 +1,15 @@
-"""Example: how a Python orchestrator records a completed run in runstore.
+"""Example: how a Python orchestrator records a completed run in runstore
+and reads a task's history back.
 
 Needs the generated stubs on sys.path (see README.md), e.g.
 
     PYTHONPATH=gen python client.py 127.0.0.1:50051 run-summary.json 2026-01-05T19:26:37.274Z
 """
 import json
+import random
 import sys
+import time
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -19,7 +23,7 @@ class RunNotPersisted(Exception):
     `error` is the failed write to act on (the manifest's when both failed);
     `retryable` says whether repeating the same CompleteRun may succeed
     (repeating is always safe: it replaces the snapshot entry and rewrites
-    the manifest).
+    the manifest); `attempts` is how many calls were made.
     """
 
     def __init__(self, response: pb.CompleteRunResponse):
@@ -27,6 +31,7 @@ class RunNotPersisted(Exception):
         self.outcome = pb.Outcome.Name(response.outcome)
         self.error = response.primary_error
         self.retryable = self.error.retryable
+        self.attempts = 1
         super().__init__(
             f"{self.outcome}: {pb.WriteTarget.Name(self.error.target)} "
             f"{self.error.code}: {self.error.message} "
@@ -36,7 +41,7 @@ class RunNotPersisted(Exception):
 
 def complete_run(stub: pb_grpc.PersistenceServiceStub, task_id: str, run_id: str,
                  timestamp: str, summary_json: str, timeout: float = 30.0) -> pb.CompleteRunResponse:
-    """Records a run; returns the response when both writes are durable.
+    """Records a run in one call; returns the response when both writes are durable.
 
     Raises RunNotPersisted when a write failed (see its `retryable`), and
     grpc.RpcError when the call itself failed: INVALID_ARGUMENT for a bad
@@ -47,9 +52,62 @@ def complete_run(stub: pb_grpc.PersistenceServiceStub, task_id: str, run_id: str
     request = pb.CompleteRunRequest(task_id=task_id, run_id=run_id,
                                     timestamp=timestamp, summary_json=summary_json)
     response = stub.CompleteRun(request, timeout=timeout)
-    if response.outcome != pb.ALL_WRITTEN:
+    if response.outcome != pb.OUTCOME_ALL_WRITTEN:
         raise RunNotPersisted(response)
     return response
+
+
+def complete_run_with_retry(stub: pb_grpc.PersistenceServiceStub, task_id: str, run_id: str,
+                            timestamp: str, summary_json: str, *, timeout: float = 30.0,
+                            attempts: int = 5, base_delay: float = 0.2, max_delay: float = 5.0,
+                            sleep: Callable[[float], None] = time.sleep) -> pb.CompleteRunResponse:
+    """Records a run at its end, retrying while runstore says a retry may succeed.
+
+    `timeout` (seconds) is the deadline of the whole call: every attempt and
+    every wait between them. A retry sends the same ids, so it replaces the
+    snapshot entry and rewrites the manifest; nothing is recorded twice.
+    Waits double from `base_delay` up to `max_delay`, each jittered to between
+    half and all of that, so callers that failed together do not retry together.
+
+    Returns the response once both writes are durable. Otherwise raises the
+    error to alert on: RunNotPersisted when primary_error is not retryable,
+    the attempts are used up, or the next attempt would start after the
+    deadline; grpc.RpcError at once when a call itself failed
+    (INVALID_ARGUMENT, DEADLINE_EXCEEDED, UNAVAILABLE, ...).
+    """
+    deadline = time.monotonic() + timeout
+    attempt = 1
+    while True:
+        try:
+            return complete_run(stub, task_id, run_id, timestamp, summary_json,
+                                timeout=deadline - time.monotonic())
+        except RunNotPersisted as e:
+            e.attempts = attempt
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            if not e.retryable or attempt >= attempts or time.monotonic() + delay >= deadline:
+                raise
+        sleep(delay)
+        attempt += 1
+
+
+def iter_runs(stub: pb_grpc.PersistenceServiceStub, task_id: str, *, page_size: int = 100,
+              timeout: float = 10.0) -> Iterator[pb.RunEntry]:
+    """Yields every run of a task's history, oldest first, one page per call.
+
+    Each page is a GetTaskSnapshot call of at most `page_size` runs with its
+    own `timeout` (seconds); the next page is asked for with the previous
+    page's next_page_token until that is empty. Raises grpc.RpcError, e.g.
+    NOT_FOUND when the task has no recorded runs.
+    """
+    page_token = ""
+    while True:
+        page = stub.GetTaskSnapshot(
+            pb.GetTaskSnapshotRequest(task_id=task_id, page_size=page_size, page_token=page_token),
+            timeout=timeout)
+        yield from page.runs
+        page_token = page.next_page_token
+        if not page_token:
+            return
 
 
 def main(argv: list[str]) -> int:
@@ -58,17 +116,22 @@ def main(argv: list[str]) -> int:
         return 2
     addr, path, timestamp = argv[1:]
     with open(path, encoding="utf-8") as f:
-        summary_json = f.read()
+        summary_json = f.read()  # sent as read: never re-serialise it
     summary = json.loads(summary_json)
+    task_id, run_id = summary["taskId"], summary["runId"]
     with grpc.insecure_channel(addr) as channel:
         stub = pb_grpc.PersistenceServiceStub(channel)
         try:
-            response = complete_run(stub, summary["taskId"], summary["runId"], timestamp, summary_json)
+            response = complete_run_with_retry(stub, task_id, run_id, timestamp, summary_json,
+                                               timeout=30.0)
         except RunNotPersisted as e:
-            print(f"not persisted: {e}", file=sys.stderr)
-            return 75 if e.retryable else 1  # EX_TEMPFAIL: try again later
+            # Given up: not retryable, or still failing. Alert with what and where.
+            print(f"run {task_id}/{run_id} not persisted after {e.attempts} attempt(s): {e}",
+                  file=sys.stderr)
+            return 75 if e.retryable else 1  # EX_TEMPFAIL: worth running again later
         except grpc.RpcError as e:
-            print(f"call failed: {e.code().name}: {e.details()}", file=sys.stderr)
+            print(f"run {task_id}/{run_id} not persisted: {e.code().name}: {e.details()}",
+                  file=sys.stderr)
             return 1
     for status in (response.snapshot, response.manifest):
         print(f"{pb.WriteTarget.Name(status.target)}: {status.location} "

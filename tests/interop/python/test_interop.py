@@ -1,11 +1,14 @@
 """Python interop tests: the real runstore binary, a real grpcio channel."""
 import hashlib
+import itertools
 import json
 import os
 import queue
 import re
 import signal
 import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -13,22 +16,29 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import complete_run
+from client import RunNotPersisted, complete_run, complete_run_with_retry, iter_runs
 from orchestrator.persistence.v1 import persistence_pb2 as pb
 from orchestrator.persistence.v1 import persistence_pb2_grpc as pb_grpc
 
-REPO = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
 RUNSTORE_BIN = os.environ.get("RUNSTORE_BIN", str(REPO / "target/release/runstore"))
-FIXTURE = REPO.parent / "shared/fixtures/run-summary.json"
+FIXTURE = REPO / "tests/fixtures/run-summary.json"
 TIMESTAMP = "2026-01-05T19:26:37.274Z"
 SERVICE = "orchestrator.persistence.v1.PersistenceService"
 
 
 @pytest.fixture
-def server(tmp_path):
+def data_dir(tmp_path):
+    """The server's data directory."""
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def server(data_dir):
     """Starts `runstore serve` on a free port; yields its address."""
     proc = subprocess.Popen(
-        [RUNSTORE_BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+        [RUNSTORE_BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
          "--log-format", "json"],
         stdout=subprocess.PIPE, text=True, encoding="utf-8",
     )
@@ -49,6 +59,16 @@ def server(tmp_path):
     try:
         listening = addr.get(timeout=30)
         assert listening, f"runstore exited before listening (exit code {proc.wait(timeout=30)})"
+        # Ready once it answers: SERVING (NOT_SERVING until its first storage
+        # probe). It logs "listening" before it handles SIGTERM, so a test that
+        # never reaches it (a call that fails in the client) would otherwise
+        # stop it by SIGTERM's default action, not a clean exit.
+        with grpc.insecure_channel(listening) as ch:
+            watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            try:
+                assert any(r.status == health_pb2.HealthCheckResponse.SERVING for r in watch)
+            finally:
+                watch.cancel()
         yield listening
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -89,11 +109,12 @@ def completed(stub, summary):
 
 
 def test_complete_run_writes_both(completed, summary):
-    assert completed.outcome == pb.ALL_WRITTEN
+    assert completed.outcome == pb.OUTCOME_ALL_WRITTEN
     assert not completed.HasField("primary_error")
-    for status, target in ((completed.snapshot, pb.SNAPSHOT), (completed.manifest, pb.MANIFEST)):
+    for status, target in ((completed.snapshot, pb.WRITE_TARGET_SNAPSHOT),
+                           (completed.manifest, pb.WRITE_TARGET_MANIFEST)):
         assert status.target == target
-        assert status.state == pb.WRITTEN
+        assert status.state == pb.WRITE_STATE_WRITTEN
         assert status.code == "OK"
         assert status.message == ""
         assert status.location
@@ -137,7 +158,7 @@ def test_invalid_task_id_is_rejected(stub, summary, call):
     assert "task_id" in err.value.details()
     # The channel and the server carry on.
     text, task_id, run_id = summary
-    assert complete_run(stub, task_id, run_id, TIMESTAMP, text).outcome == pb.ALL_WRITTEN
+    assert complete_run(stub, task_id, run_id, TIMESTAMP, text).outcome == pb.OUTCOME_ALL_WRITTEN
 
 
 def test_health_serving(channel):
@@ -151,3 +172,193 @@ def test_health_serving(channel):
     for service in ("", SERVICE):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+# --- The client helpers the README quotes -----------------------------------
+
+
+def test_readme_code_is_client_code():
+    """Every Python block the README shows before "Running the tests" is
+    client.py's code, verbatim (indented as in a function body or not)."""
+    readme = (HERE / "README.md").read_text(encoding="utf-8").split("\n## Running the tests")[0]
+    source = (HERE / "client.py").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```$", readme, flags=re.S | re.M)
+    assert len(blocks) >= 3
+    for block in blocks:
+        assert any(textwrap.indent(block, " " * n) in source for n in (0, 4, 8)), block
+    for name in ("complete_run_with_retry", "iter_runs"):
+        assert any(f"def {name}(" in block for block in blocks), name
+
+
+class Recording:
+    """Forwards to a stub (or answers with scripted CompleteRun responses)
+    and records every call: (method, request, timeout)."""
+
+    def __init__(self, stub=None, responses=()):
+        self.stub, self.responses, self.calls = stub, list(responses), []
+
+    def CompleteRun(self, request, timeout=None):
+        self.calls.append(("CompleteRun", request, timeout))
+        if self.stub is not None:
+            return self.stub.CompleteRun(request, timeout=timeout)
+        return self.responses.pop(0) if len(self.responses) > 1 else self.responses[0]
+
+    def GetTaskSnapshot(self, request, timeout=None):
+        self.calls.append(("GetTaskSnapshot", request, timeout))
+        return self.stub.GetTaskSnapshot(request, timeout=timeout)
+
+
+def no_sleep(delay):
+    raise AssertionError(f"retried (slept {delay} s) where it should not have")
+
+
+def failed(code="UNAVAILABLE", retryable=True):
+    """A CompleteRun response whose manifest write failed."""
+    error = pb.WriteStatus(target=pb.WRITE_TARGET_MANIFEST, state=pb.WRITE_STATE_FAILED, code=code,
+                           message="injected", retryable=retryable, location="runs/t/r/manifest.json")
+    ok = pb.WriteStatus(target=pb.WRITE_TARGET_SNAPSHOT, state=pb.WRITE_STATE_WRITTEN, code="OK")
+    return pb.CompleteRunResponse(snapshot=ok, manifest=error, outcome=pb.OUTCOME_MANIFEST_FAILED,
+                                  primary_error=error)
+
+
+WRITTEN_REPLY = pb.CompleteRunResponse(outcome=pb.OUTCOME_ALL_WRITTEN)
+
+
+def test_retry_returns_at_once_on_success(stub, summary):
+    text, task_id, run_id = summary
+    recording = Recording(stub)
+    response = complete_run_with_retry(recording, task_id, run_id, TIMESTAMP, text, sleep=no_sleep)
+    assert response.outcome == pb.OUTCOME_ALL_WRITTEN
+    [(_, request, timeout)] = recording.calls
+    assert (request.task_id, request.run_id, request.summary_json) == (task_id, run_id, text)
+    assert 0 < timeout <= 30.0
+
+
+def test_retry_raises_at_once_on_a_non_retryable_write(stub, data_dir):
+    # A file where the task's manifest directory must go: FAILED_PRECONDITION,
+    # not retryable. The snapshot is still written.
+    (data_dir / "runs").mkdir(parents=True, exist_ok=True)
+    (data_dir / "runs" / "blocked").write_text("in the way")
+    recording = Recording(stub)
+    with pytest.raises(RunNotPersisted) as err:
+        complete_run_with_retry(recording, "blocked", "r1", TIMESTAMP, "{}", sleep=no_sleep)
+    e = err.value
+    assert (e.outcome, e.retryable, e.attempts) == ("OUTCOME_MANIFEST_FAILED", False, 1)
+    assert (e.error.target, e.error.state) == (pb.WRITE_TARGET_MANIFEST, pb.WRITE_STATE_FAILED)
+    assert e.error.code == "FAILED_PRECONDITION"
+    assert e.error.location == "runs/blocked/r1/manifest.json"
+    assert e.response.snapshot.state == pb.WRITE_STATE_WRITTEN
+    assert len(recording.calls) == 1
+
+
+def test_retry_raises_at_once_on_invalid_argument(stub):
+    recording = Recording(stub)
+    with pytest.raises(grpc.RpcError) as err:
+        complete_run_with_retry(recording, "a/b", "r1", TIMESTAMP, "{}", sleep=no_sleep)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "task_id" in err.value.details()
+    assert len(recording.calls) == 1
+
+
+def test_retry_passes_the_deadline(stub, summary):
+    # A deadline that passed a second ago fails every time: grpcio does not
+    # start the call. (timeout=0 would not: the call sometimes goes through.)
+    text, task_id, run_id = summary
+    recording = Recording(stub)
+    with pytest.raises(grpc.RpcError) as err:
+        complete_run_with_retry(recording, task_id, run_id, TIMESTAMP, text, timeout=-1.0,
+                                sleep=no_sleep)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(recording.calls) == 1
+
+
+def test_retry_backs_off_with_the_same_request():
+    recording = Recording(responses=[failed(), failed(code="RESOURCE_EXHAUSTED"), WRITTEN_REPLY])
+    slept = []
+    response = complete_run_with_retry(recording, "t", "r", TIMESTAMP, "{}", base_delay=0.2,
+                                       sleep=slept.append)
+    assert response is WRITTEN_REPLY
+    requests = [request for _, request, _ in recording.calls]
+    assert requests == [pb.CompleteRunRequest(task_id="t", run_id="r", timestamp=TIMESTAMP,
+                                              summary_json="{}")] * 3
+    # Exponential, jittered to between half and all of 0.2 s, 0.4 s.
+    assert len(slept) == 2
+    assert 0.1 <= slept[0] <= 0.2 and 0.2 <= slept[1] <= 0.4
+    # One deadline for the whole call: each attempt gets what is left of it.
+    timeouts = [timeout for _, _, timeout in recording.calls]
+    assert 0 < timeouts[2] <= timeouts[1] <= timeouts[0] <= 30.0
+
+
+def test_retry_gives_up_after_its_attempts():
+    recording = Recording(responses=[failed()])
+    slept = []
+    with pytest.raises(RunNotPersisted) as err:
+        complete_run_with_retry(recording, "t", "r", TIMESTAMP, "{}", attempts=4, base_delay=0.2,
+                                max_delay=0.3, sleep=slept.append)
+    assert (err.value.retryable, err.value.attempts) == (True, 4)
+    assert len(recording.calls) == 4
+    assert len(slept) == 3
+    assert 0.1 <= slept[0] <= 0.2 and all(0.15 <= d <= 0.3 for d in slept[1:])  # capped
+
+
+def test_retry_gives_up_when_the_next_attempt_would_miss_the_deadline():
+    recording = Recording(responses=[failed()])
+    with pytest.raises(RunNotPersisted) as err:
+        complete_run_with_retry(recording, "t", "r", TIMESTAMP, "{}", timeout=1.0, base_delay=10.0,
+                                sleep=no_sleep)
+    assert err.value.retryable
+    assert len(recording.calls) == 1
+
+
+def test_iter_runs_reads_every_page_in_order(stub):
+    task_id = "paged"
+    stamps = [f"2026-01-05T19:26:3{i}.000Z" for i in range(5)]
+    for i in (3, 0, 4, 1, 2):  # recorded out of order; read back by timestamp
+        run_id = f"run-{i}"
+        summary_json = json.dumps({"taskId": task_id, "runId": run_id})
+        complete_run_with_retry(stub, task_id, run_id, stamps[i], summary_json, timeout=10.0)
+
+    recording = Recording(stub)
+    # At most 10: a client that lost its page token would repeat page 1 forever.
+    read = itertools.islice(iter_runs(recording, task_id, page_size=2), 10)
+    runs = [(r.run_id, r.timestamp) for r in read]
+
+    assert runs == [(f"run-{i}", stamps[i]) for i in range(5)]
+    pages = [request for _, request, _ in recording.calls]
+    assert [p.page_size for p in pages] == [2, 2, 2]
+    assert pages[0].page_token == "" and pages[1].page_token and pages[2].page_token
+    assert pages[1].page_token != pages[2].page_token
+    assert all(timeout == 10.0 for _, _, timeout in recording.calls)
+
+
+def test_iter_runs_of_an_unknown_task_is_not_found(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        list(iter_runs(stub, "never-ran"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def run_cli(*args):
+    """client.py as a command, bounded: (exit code, stdout, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(HERE / "gen")}
+    done = subprocess.run([sys.executable, str(HERE / "client.py"), *args], env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_cli_records_the_fixture(server, stub, summary):
+    text, task_id, run_id = summary
+    code, out, err = run_cli(server, str(FIXTURE), TIMESTAMP)
+    assert code == 0, err
+    assert f"WRITE_TARGET_MANIFEST: runs/{task_id}/{run_id}/manifest.json" in out
+    m = stub.GetManifest(pb.GetManifestRequest(task_id=task_id, run_id=run_id), timeout=10)
+    assert m.summary_json == text
+
+
+def test_cli_alerts_when_the_run_is_not_persisted(server, data_dir, summary):
+    _, task_id, run_id = summary
+    (data_dir / "runs").mkdir(parents=True, exist_ok=True)
+    (data_dir / "runs" / task_id).write_text("in the way")
+    code, _, err = run_cli(server, str(FIXTURE), TIMESTAMP)
+    assert code == 1
+    assert f"run {task_id}/{run_id} not persisted after 1 attempt(s)" in err
+    assert "FAILED_PRECONDITION" in err
