@@ -27,7 +27,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::{
-    connection::{LockWait, open_connection},
+    connection::{LockWait, open_write_connection},
     errors::{classify, needs_reopen},
     writes,
 };
@@ -224,48 +224,66 @@ impl Worker {
 
     fn commit(&mut self, batch: Vec<Job>) {
         let started = Instant::now();
-        let outcome = match self.connection() {
-            Ok(conn) => run_transaction(conn, &batch),
-            Err(err) => Err(BatchError::Open(err)),
+        let mut batch: Vec<Option<Job>> = batch.into_iter().map(Some).collect();
+        // A record-level error that made SQLite roll back the whole
+        // transaction (a trigger's RAISE(ROLLBACK), an ON CONFLICT ROLLBACK
+        // constraint) fails that write alone: the rest of the batch is
+        // committed again without it.
+        let outcome = loop {
+            let jobs: Vec<&Job> = batch.iter().flatten().collect();
+            let outcome = match self.connection() {
+                Ok(conn) => run_transaction(conn, &jobs),
+                Err(err) => Err(BatchError::Open(err)),
+            };
+            let Err(BatchError::Refused { index, error }) = outcome else {
+                break outcome;
+            };
+            let refused = batch
+                .iter_mut()
+                .filter(|slot| slot.is_some())
+                .nth(index)
+                .and_then(Option::take);
+            if let Some(job) = refused {
+                answer(job, Err(classify(&error)));
+            }
         };
+        let pending: Vec<Job> = batch.into_iter().flatten().collect();
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .writes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
         self.stats.commit_micros.fetch_add(
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        match outcome {
+        let failure = match outcome {
             Ok(results) => {
-                for (job, result) in batch.into_iter().zip(results) {
+                for (job, result) in pending.into_iter().zip(results) {
                     answer(job, result);
                 }
+                return;
             }
-            Err(err) => {
-                let failure = match &err {
-                    BatchError::Sqlite(e) => {
-                        if needs_reopen(e) {
-                            // After an I/O error the connection's cache may
-                            // hold pages the disk lost: start afresh.
-                            tracing::warn!(error = %e, "reopening the SQLite write connection");
-                            self.conn = None;
-                        }
-                        classify(e)
-                    }
-                    BatchError::Open(e) => e.clone(),
-                };
-                tracing::warn!(writes = batch.len(), error = %failure, "group commit failed");
-                for job in batch {
-                    answer(job, Err(failure.clone()));
+            Err(BatchError::Sqlite(e)) => {
+                if needs_reopen(&e) {
+                    // After an I/O error the connection's cache may hold
+                    // pages the disk lost: start afresh.
+                    tracing::warn!(error = %e, "reopening the SQLite write connection");
+                    self.conn = None;
                 }
+                classify(&e)
             }
+            Err(BatchError::Open(e)) => e,
+            Err(BatchError::Refused { error, .. }) => classify(&error),
+        };
+        tracing::warn!(writes = pending.len(), error = %failure, "group commit failed");
+        for job in pending {
+            answer(job, Err(failure.clone()));
         }
     }
 
     fn connection(&mut self) -> Result<&Connection, StorageError> {
         if self.conn.is_none() {
-            let conn = open_connection(&self.path, self.lock_wait)
+            let conn = open_write_connection(&self.path, self.lock_wait)
                 .map_err(|e| StorageError::Unavailable(e.to_string()))?;
             self.conn = Some(conn);
         }
@@ -276,7 +294,11 @@ impl Worker {
 }
 
 enum BatchError {
+    /// The transaction failed as a whole.
     Sqlite(rusqlite::Error),
+    /// The write at `index` was refused, and SQLite rolled the whole
+    /// transaction back with it.
+    Refused { index: usize, error: rusqlite::Error },
     Open(StorageError),
 }
 
@@ -300,38 +322,42 @@ fn answer(job: Job, result: JobResult) {
 
 /// Runs a batch in one transaction; `Err` when the transaction as a whole
 /// failed, in which case it has been rolled back.
-fn run_transaction(conn: &Connection, batch: &[Job]) -> Result<Vec<JobResult>, BatchError> {
+fn run_transaction(conn: &Connection, batch: &[&Job]) -> Result<Vec<JobResult>, BatchError> {
     let result = try_transaction(conn, batch);
     if result.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
-    result.map_err(BatchError::Sqlite)
+    result
 }
 
-fn try_transaction(conn: &Connection, batch: &[Job]) -> rusqlite::Result<Vec<JobResult>> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+fn try_transaction(conn: &Connection, batch: &[&Job]) -> Result<Vec<JobResult>, BatchError> {
+    let sqlite = BatchError::Sqlite;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite)?;
     let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        conn.execute_batch("SAVEPOINT write")?;
+    for (index, job) in batch.iter().enumerate() {
+        conn.execute_batch("SAVEPOINT write").map_err(sqlite)?;
         let applied = match job {
             Job::Write { target, run, .. } => writes::apply(conn, *target, run).map(Some),
             Job::Probe { .. } => writes::probe(conn).map(|()| None),
         };
         match applied {
             Ok(receipt) => {
-                conn.execute_batch("RELEASE write")?;
+                conn.execute_batch("RELEASE write").map_err(sqlite)?;
                 results.push(Ok(receipt));
             }
-            // SQLite may have rolled the whole transaction back (disk full,
-            // I/O error, ...): then nothing of the batch stands.
-            Err(err) if conn.is_autocommit() || fails_the_batch(&err) => return Err(err),
+            // An error about the database (disk full, I/O error, ...):
+            // nothing of the batch stands.
+            Err(err) if fails_the_batch(&err) => return Err(sqlite(err)),
+            // A refused record that took the whole transaction with it.
+            Err(error) if conn.is_autocommit() => return Err(BatchError::Refused { index, error }),
             Err(err) => {
-                conn.execute_batch("ROLLBACK TO write; RELEASE write")?;
+                conn.execute_batch("ROLLBACK TO write; RELEASE write")
+                    .map_err(sqlite)?;
                 results.push(Err(classify(&err)));
             }
         }
     }
-    conn.execute_batch("COMMIT")?;
+    conn.execute_batch("COMMIT").map_err(sqlite)?;
     Ok(results)
 }
 

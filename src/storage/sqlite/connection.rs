@@ -152,6 +152,21 @@ pub fn open_connection(path: &Path, lock_wait: LockWait) -> Result<Connection, O
     Ok(conn)
 }
 
+/// The committer's connection: as [`open_connection`], with automatic
+/// checkpoints off (the checkpointer thread does them, off the commit path).
+pub fn open_write_connection(
+    path: &Path,
+    lock_wait: LockWait,
+) -> Result<Connection, OpenDatabaseError> {
+    let conn = open_connection(path, lock_wait)?;
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0")
+        .map_err(|source| OpenDatabaseError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(conn)
+}
+
 fn install_busy_handler(conn: &mut Connection, lock_wait: LockWait) -> rusqlite::Result<()> {
     let mut waiting_since: Option<Instant> = None;
     conn.busy_handler(Some(move |attempt: i32| {

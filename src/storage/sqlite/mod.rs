@@ -4,6 +4,7 @@
 //! - [`connection`]: files, permissions, pragmas, the lock-wait policy.
 //! - [`migrate`]: versioned schema migrations embedded in the binary.
 //! - [`committer`]: group commit, one savepoint per write.
+//! - [`checkpointer`]: WAL checkpoints off the commit path.
 //! - [`writes`] / [`reads`]: the SQL.
 //! - [`errors`]: SQLite result codes as storage error kinds.
 //!
@@ -11,6 +12,7 @@
 //! file locks serialise their commits. Network file systems are not
 //! supported (their locking and fsync are not what SQLite needs).
 
+mod checkpointer;
 mod committer;
 mod connection;
 mod errors;
@@ -24,6 +26,7 @@ use async_trait::async_trait;
 
 pub use committer::CommitStats;
 pub use connection::{DATABASE_FILE, LockWait, OpenDatabaseError};
+use checkpointer::Checkpointer;
 use committer::Committer;
 use reads::ReadPool;
 
@@ -44,6 +47,7 @@ pub struct SqliteSettings {
 
 pub struct SqliteStorage {
     committer: Committer,
+    _checkpointer: Checkpointer,
     reads: Arc<ReadPool>,
     data_dir: PathBuf,
     required_free_bytes: u64,
@@ -79,13 +83,17 @@ impl SqliteStorage {
             ?applied,
             "sqlite storage open"
         );
+        drop(conn);
         let reads = ReadPool::open(path.clone(), settings.lock_wait)?;
-        let committer = Committer::start(path, conn, settings.lock_wait)?;
+        let writer = connection::open_write_connection(&path, settings.lock_wait)?;
+        let checkpointer = Checkpointer::start(path.clone(), settings.lock_wait)?;
+        let committer = Committer::start(path, writer, settings.lock_wait)?;
         let required_free_bytes = (settings.max_summary_bytes as u64)
             .saturating_mul(2)
             .saturating_add(1 << 20);
         Ok(Self {
             committer,
+            _checkpointer: checkpointer,
             reads,
             data_dir: settings.data_dir.clone(),
             required_free_bytes,
