@@ -5,9 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use runstore::{
     config::{Cli, Command, ServeArgs},
-    server,
-    storage,
-    telemetry,
+    server, storage, telemetry,
 };
 use tokio::net::TcpListener;
 
@@ -21,8 +19,8 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, std::io::stdout);
     let settings = args.server_settings()?;
-    let storage = storage::open(&args.storage_setting())
-        .with_context(|| format!("opening storage in {}", args.data_dir.display()))?;
+    let setting = args.storage_setting()?;
+    let storage = storage::open(&setting).await.context("opening storage")?;
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(args.listen)
         .await

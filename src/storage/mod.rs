@@ -4,10 +4,14 @@
 //!
 //! - [`open`](open()): the factory that builds a backend from the storage setting.
 //! - [`history`]: the ordering key of a task's runs and the page types.
+//! - [`migrations`]: the versioned schema of both backends.
 //! - [`sqlite`]: the embedded default, group-committed SQLite.
+//! - [`postgres`]: PostgreSQL, for stateless replicas sharing one database.
 
 pub mod history;
+pub mod migrations;
 mod open;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;

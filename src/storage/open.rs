@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::{
     Storage,
+    postgres::{PostgresOpenError, PostgresSettings, PostgresStorage},
     sqlite::{SqliteOpenError, SqliteSettings, SqliteStorage},
 };
 
@@ -13,17 +14,29 @@ use super::{
 pub enum StorageSetting {
     /// SQLite in a local data dir: the embedded default.
     Sqlite(SqliteSettings),
+    /// One PostgreSQL database shared by any number of replicas.
+    Postgres(PostgresSettings),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("SQLite storage: {0}")]
     Sqlite(#[from] SqliteOpenError),
+    #[error("PostgreSQL storage: {0}")]
+    Postgres(#[from] PostgresOpenError),
 }
 
 /// Opens the backend `setting` names, ready to serve.
-pub fn open(setting: &StorageSetting) -> Result<Arc<dyn Storage>, OpenError> {
+pub async fn open(setting: &StorageSetting) -> Result<Arc<dyn Storage>, OpenError> {
     match setting {
-        StorageSetting::Sqlite(settings) => Ok(Arc::new(SqliteStorage::open(settings)?)),
+        StorageSetting::Sqlite(settings) => {
+            let settings = settings.clone();
+            // Opening runs migrations and fsyncs: blocking work.
+            let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&settings))
+                .await
+                .map_err(|e| SqliteOpenError::Thread(std::io::Error::other(e.to_string())))??;
+            Ok(Arc::new(storage))
+        }
+        StorageSetting::Postgres(settings) => Ok(Arc::new(PostgresStorage::open(settings).await?)),
     }
 }

@@ -298,7 +298,10 @@ enum BatchError {
     Sqlite(rusqlite::Error),
     /// The write at `index` was refused, and SQLite rolled the whole
     /// transaction back with it.
-    Refused { index: usize, error: rusqlite::Error },
+    Refused {
+        index: usize,
+        error: rusqlite::Error,
+    },
     Open(StorageError),
 }
 

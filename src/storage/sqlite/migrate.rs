@@ -1,24 +1,11 @@
-//! Versioned schema migrations, embedded in the binary and applied at
-//! start-up. All of them run in one `BEGIN IMMEDIATE` transaction, which
-//! holds SQLite's write lock: processes opening a fresh data dir together
-//! queue on it, and each migration is applied exactly once.
+//! Applies the SQLite migrations of [`crate::storage::migrations`]. All of
+//! them run in one `BEGIN IMMEDIATE` transaction, which holds SQLite's write
+//! lock: processes opening a fresh data dir together queue on it, and each
+//! migration is applied exactly once.
 
 use rusqlite::{Connection, params};
 
-/// A numbered migration: plain SQL, applied once, in order.
-struct Migration {
-    version: i64,
-    name: &'static str,
-    sql: &'static str,
-}
-
-/// Append only: a released migration is never edited. Migrations are
-/// additive, so an older binary keeps working on a newer schema.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/sqlite/0001_init.sql"),
-}];
+use crate::storage::migrations::SQLITE as MIGRATIONS;
 
 /// Brings the schema up to date; returns the versions it applied.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Vec<i64>> {
@@ -46,9 +33,4 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Vec<i64>> {
     }
     tx.commit()?;
     Ok(applied)
-}
-
-/// The newest schema version this binary knows.
-pub fn latest_version() -> i64 {
-    MIGRATIONS.last().map_or(0, |m| m.version)
 }

@@ -2,7 +2,7 @@
 //! journal, `synchronous=FULL`, every write group-committed by one thread.
 //!
 //! - [`connection`]: files, permissions, pragmas, the lock-wait policy.
-//! - [`migrate`]: versioned schema migrations embedded in the binary.
+//! - [`migrate`]: applies the versioned schema migrations.
 //! - [`committer`]: group commit, one savepoint per write.
 //! - [`checkpointer`]: WAL checkpoints off the commit path.
 //! - [`writes`] / [`reads`]: the SQL.
@@ -24,15 +24,14 @@ use std::{path::PathBuf, sync::Arc};
 
 use async_trait::async_trait;
 
-pub use committer::CommitStats;
-pub use connection::{DATABASE_FILE, LockWait, OpenDatabaseError};
 use checkpointer::Checkpointer;
+pub use committer::CommitStats;
 use committer::Committer;
+pub use connection::{DATABASE_FILE, LockWait, OpenDatabaseError};
 use reads::ReadPool;
 
 use super::{
-    RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest, Target,
-    WriteReceipt,
+    RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest, Target, WriteReceipt,
 };
 
 /// How the SQLite backend is set up.
@@ -79,7 +78,7 @@ impl SqliteStorage {
         })?;
         tracing::info!(
             database = %path.display(),
-            schema_version = migrate::latest_version(),
+            schema_version = super::migrations::latest(super::migrations::SQLITE),
             ?applied,
             "sqlite storage open"
         );

@@ -15,8 +15,7 @@ use super::{
     errors::classify,
 };
 use crate::storage::{
-    PAGE_BYTE_BUDGET, RunCursor, RunInstant, SnapshotPage, StorageError, StoredManifest,
-    StoredRun,
+    PAGE_BYTE_BUDGET, RunCursor, RunInstant, SnapshotPage, StorageError, StoredManifest, StoredRun,
 };
 
 /// Read connections kept open; more readers queue for one.
@@ -65,8 +64,10 @@ impl ReadPool {
             };
             let result = read(&conn);
             // A connection whose read hit an I/O error is dropped, not reused.
-            if !matches!(result, Err(StorageError::Unavailable(_) | StorageError::Corrupt(_)))
-                && let Ok(mut idle) = pool.idle.lock()
+            if !matches!(
+                result,
+                Err(StorageError::Unavailable(_) | StorageError::Corrupt(_))
+            ) && let Ok(mut idle) = pool.idle.lock()
             {
                 idle.push(conn);
             }
@@ -77,7 +78,10 @@ impl ReadPool {
     }
 }
 
-fn open_reader(path: &std::path::Path, lock_wait: LockWait) -> Result<Connection, OpenDatabaseError> {
+fn open_reader(
+    path: &std::path::Path,
+    lock_wait: LockWait,
+) -> Result<Connection, OpenDatabaseError> {
     let conn = open_connection(path, lock_wait)?;
     conn.execute_batch("PRAGMA query_only=ON")
         .map_err(|source| OpenDatabaseError::Sqlite {
@@ -91,7 +95,11 @@ fn sql(err: rusqlite::Error) -> StorageError {
     classify(&err)
 }
 
-pub fn manifest(conn: &Connection, task_id: &str, run_id: &str) -> Result<StoredManifest, StorageError> {
+pub fn manifest(
+    conn: &Connection,
+    task_id: &str,
+    run_id: &str,
+) -> Result<StoredManifest, StorageError> {
     let row = conn
         .prepare_cached(
             "SELECT summary_json, sha256, written_at FROM manifests
@@ -99,7 +107,11 @@ pub fn manifest(conn: &Connection, task_id: &str, run_id: &str) -> Result<Stored
         )
         .map_err(sql)?
         .query_row(params![task_id, run_id], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
         })
         .optional()
         .map_err(sql)?;
@@ -154,7 +166,13 @@ pub fn snapshot_page(
     // summary is never read.
     let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
     let mut rows = statement
-        .query(params![task_id, start.instant.secs, start.instant.nanos, seq, fetch])
+        .query(params![
+            task_id,
+            start.instant.secs,
+            start.instant.nanos,
+            seq,
+            fetch
+        ])
         .map_err(sql)?;
     let mut runs = Vec::new();
     let mut bytes = 0usize;
