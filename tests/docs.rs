@@ -46,7 +46,11 @@ fn flags_from_help() -> BTreeMap<String, Flag> {
     }
     let mut flags = BTreeMap::new();
     for (name, text) in descriptions {
-        if let Some(env) = between(&text, "[env: ", "=") {
+        // `[env: NAME=value]`, or `[env: NAME]` where values are hidden.
+        let env = text
+            .split_once("[env: ")
+            .and_then(|(_, rest)| rest.split(['=', ']']).next());
+        if let Some(env) = env {
             let default = between(&text, "[default: ", "]").map(str::to_owned);
             flags.insert(
                 name,
@@ -125,7 +129,11 @@ fn the_table_parser_notices_a_missing_row() {
     // Negative control: the comparison above would fail on a README that
     // lacks a row, so it cannot pass vacuously.
     let mut documented = flags_from_readme();
-    let first = documented.keys().next().cloned().expect("a documented flag");
+    let first = documented
+        .keys()
+        .next()
+        .cloned()
+        .expect("a documented flag");
     documented.remove(&first);
     assert_ne!(
         documented.keys().collect::<Vec<_>>(),
@@ -137,7 +145,7 @@ fn the_table_parser_notices_a_missing_row() {
 fn the_readme_states_the_codes_nesting_limit() {
     let stated = format!(
         "nesting at most {} deep",
-        runstore::validate::MAX_SUMMARY_DEPTH
+        runstore::api::validate::MAX_SUMMARY_DEPTH
     );
     assert!(
         readme().replace('\n', " ").contains(&stated),
@@ -165,7 +173,10 @@ fn every_path_in_the_layout_list_exists() {
         let entry = &line[4..];
         if !entry.starts_with(' ') {
             let path = entry.split_whitespace().next().unwrap_or_default();
-            assert!(root.join(path).exists(), "layout names {path}, which does not exist");
+            assert!(
+                root.join(path).exists(),
+                "layout names {path}, which does not exist"
+            );
             in_src = path == "src/";
         }
         if in_src {
