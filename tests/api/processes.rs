@@ -1,7 +1,11 @@
 //! The real binary: several processes sharing one store, and SIGTERM.
 
+use tonic_health::pb::health_check_response::ServingStatus;
+
 use crate::{
-    helpers::{Backend, Table, TestStore, all_runs, write_all_at_once},
+    helpers::{
+        Backend, SERVICE_NAME, Table, TestStore, all_runs, wait_for_service, write_all_at_once,
+    },
     server_process::start_server,
 };
 
@@ -34,3 +38,28 @@ async fn two_processes_sharing_a_store_never_lose_a_run(backend: Backend) {
     }
 }
 contract_test!(two_processes_sharing_a_store_never_lose_a_run);
+
+/// Several processes opening a fresh data dir at once all come up, and
+/// each migration is applied exactly once: they queue on SQLite's write lock
+/// (PostgreSQL's replicas have their own test in `postgres.rs`).
+async fn processes_opening_a_fresh_data_dir_together_migrate_once(backend: Backend) {
+    let store = TestStore::fresh(backend);
+    let servers = futures::future::join_all((0..4).map(|_| start_server(&store, &[]))).await;
+    for server in &servers {
+        let channel = server.channel().await;
+        wait_for_service(&channel, SERVICE_NAME, ServingStatus::Serving).await;
+    }
+    let db = rusqlite::Connection::open(store.data_dir().join("runstore.db")).expect("open db");
+    let versions: Vec<(i64, i64)> = db
+        .prepare("SELECT version, count(*) FROM schema_migrations GROUP BY version")
+        .expect("query")
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("read");
+    assert_eq!(versions, vec![(1, 1)], "each migration applied once");
+    for server in servers {
+        assert_eq!(server.terminate().await.code(), Some(0));
+    }
+}
+contract_test!(processes_opening_a_fresh_data_dir_together_migrate_once);
