@@ -2,8 +2,6 @@
 //! DEADLINE_EXCEEDED, and a write a caller stopped waiting for still
 //! completes (it is never cut in half) before the server exits.
 
-use std::time::Duration;
-
 use runstore::proto::Outcome;
 use tonic::Code;
 
@@ -18,7 +16,12 @@ async fn a_passed_deadline_is_deadline_exceeded_and_the_write_still_completes(ba
     let app = spawn_app_with(store.clone(), storage.clone(), fast_settings()).await;
 
     let mut request = tonic::Request::new(complete_request("slow", "run-1", &ts(1)));
-    request.set_timeout(Duration::from_millis(300));
+    // The deadline as a bare `grpc-timeout` header, with no client-side
+    // timer racing the server's answer: DEADLINE_EXCEEDED must come from
+    // the service itself.
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "300m".parse().expect("header value"));
     let err = app
         .client()
         .complete_run(request)
@@ -75,7 +78,12 @@ async fn writes_a_caller_left_behind_still_count_against_the_in_flight_limit(bac
     let app = spawn_app_with(store, storage.clone(), settings).await;
 
     let mut request = tonic::Request::new(complete_request("slow", "run-1", &ts(1)));
-    request.set_timeout(Duration::from_millis(200));
+    // The deadline as a bare `grpc-timeout` header, with no client-side
+    // timer racing the server's answer: DEADLINE_EXCEEDED must come from
+    // the service itself.
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "200m".parse().expect("header value"));
     let err = app
         .client()
         .complete_run(request)
