@@ -81,12 +81,14 @@ pub fn skipped(test: &str, reason: &str) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
+    Postgres,
 }
 
 impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
         }
     }
 
@@ -95,6 +97,7 @@ impl Backend {
     pub fn stores_in_data_dir(self) -> bool {
         match self {
             Backend::Sqlite => true,
+            Backend::Postgres => false,
         }
     }
 }
@@ -122,6 +125,8 @@ pub struct TestStore {
     /// Owns every file the test keeps; removed when the last clone goes.
     root: Arc<TempDir>,
     data_dir: PathBuf,
+    /// The test's own database, for PostgreSQL.
+    postgres: Option<crate::postgres_server::TestDatabase>,
 }
 
 impl TestStore {
@@ -135,10 +140,13 @@ impl TestStore {
 
     /// A store whose data dir is `data_dir` (e.g. on a test's own mount).
     pub fn at(backend: Backend, root: Arc<TempDir>, data_dir: PathBuf) -> Self {
+        let postgres =
+            (backend == Backend::Postgres).then(crate::postgres_server::fresh_database_blocking);
         Self {
             backend,
             root,
             data_dir,
+            postgres,
         }
     }
 
@@ -151,8 +159,15 @@ impl TestStore {
         &self.data_dir
     }
 
+    fn postgres(&self) -> &crate::postgres_server::TestDatabase {
+        self.postgres
+            .as_ref()
+            .expect("a PostgreSQL store has a database")
+    }
+
     pub fn setting(&self, options: &StoreOptions) -> StorageSetting {
         match self.backend {
+            Backend::Postgres => StorageSetting::Postgres(self.postgres().settings()),
             Backend::Sqlite => StorageSetting::Sqlite(SqliteSettings {
                 data_dir: self.data_dir.clone(),
                 max_summary_bytes: options.max_summary_bytes,
@@ -174,6 +189,7 @@ impl TestStore {
     pub fn server_args(&self) -> Vec<OsString> {
         match self.backend {
             Backend::Sqlite => vec!["--data-dir".into(), self.data_dir.clone().into()],
+            Backend::Postgres => self.postgres().server_args(),
         }
     }
 
@@ -181,6 +197,7 @@ impl TestStore {
     /// server has opened the store.
     pub fn files(&self) -> Vec<PathBuf> {
         match self.backend {
+            Backend::Postgres => Vec::new(),
             Backend::Sqlite => ["", "-wal", "-shm"]
                 .iter()
                 .map(|suffix| self.data_dir.join(format!("{DATABASE_FILE}{suffix}")))
@@ -191,6 +208,7 @@ impl TestStore {
     /// A connection of the test's own to the store (it must exist).
     pub fn db(&self) -> Db {
         match self.backend {
+            Backend::Postgres => Db::Postgres(self.postgres().db()),
             Backend::Sqlite => {
                 let path = self.data_dir.join(DATABASE_FILE);
                 assert!(path.is_file(), "{} does not exist", path.display());
@@ -268,6 +286,7 @@ impl On {
 /// The test's own connection to the store.
 pub enum Db {
     Sqlite(rusqlite::Connection),
+    Postgres(crate::postgres_server::PgDb),
 }
 
 fn quote(text: &str) -> String {
@@ -278,10 +297,14 @@ impl Db {
     fn sqlite(&self) -> &rusqlite::Connection {
         match self {
             Db::Sqlite(conn) => conn,
+            Db::Postgres(_) => panic!("this look into the store is SQLite's own"),
         }
     }
 
     pub fn row_counts(&self) -> RowCounts {
+        if let Db::Postgres(pg) = self {
+            return pg.row_counts();
+        }
         let count = |table: Table| -> i64 {
             self.sqlite()
                 .query_row(
@@ -300,6 +323,9 @@ impl Db {
 
     /// Rows of `table` that belong to `task_id`.
     pub fn count(&self, table: Table, task_id: &str) -> i64 {
+        if let Db::Postgres(pg) = self {
+            return pg.count(table, task_id);
+        }
         self.sqlite()
             .query_row(
                 &format!("SELECT COUNT(*) FROM {} WHERE task_id = ?1", table.name()),
@@ -311,6 +337,9 @@ impl Db {
 
     /// The distinct task ids of `table`, sorted.
     pub fn task_ids(&self, table: Table) -> Vec<String> {
+        if let Db::Postgres(pg) = self {
+            return pg.task_ids(table);
+        }
         let conn = self.sqlite();
         let mut statement = conn
             .prepare(&format!(
@@ -327,6 +356,9 @@ impl Db {
 
     /// One run's row in `table` (`snapshot_entries` or `manifests`).
     pub fn row(&self, table: Table, task_id: &str, run_id: &str) -> Option<StoredRow> {
+        if let Db::Postgres(pg) = self {
+            return pg.row(table, task_id, run_id);
+        }
         let sha256 = match table {
             Table::Manifests => "sha256",
             _ => "''",
@@ -353,6 +385,9 @@ impl Db {
     /// Every row of `table` (`snapshot_entries` or `manifests`) as
     /// (task id, run id, row).
     pub fn all_rows(&self, table: Table) -> Vec<(String, String, StoredRow)> {
+        if let Db::Postgres(pg) = self {
+            return pg.all_rows(table);
+        }
         let sha256 = match table {
             Table::Manifests => "sha256",
             _ => "''",
@@ -385,6 +420,9 @@ impl Db {
     /// Deletes one run's row from `table` behind the server's back (for
     /// negative controls of checks that must notice a lost row).
     pub fn delete_row(&self, table: Table, task_id: &str, run_id: &str) {
+        if let Db::Postgres(pg) = self {
+            return pg.delete_row(table, task_id, run_id);
+        }
         let deleted = self
             .sqlite()
             .execute(
@@ -400,6 +438,9 @@ impl Db {
 
     /// The store's own consistency check: "ok" when it is consistent.
     pub fn integrity_check(&self) -> String {
+        if let Db::Postgres(pg) = self {
+            return pg.integrity_check();
+        }
         let conn = self.sqlite();
         let mut statement = conn.prepare("PRAGMA integrity_check").expect("prepare");
         let lines: Vec<String> = statement
@@ -413,6 +454,11 @@ impl Db {
     /// Makes the store refuse `on` statements on `table` for `task_id`, as a
     /// constraint or trigger would: a trigger that raises "injected".
     pub fn inject_fault(&self, table: Table, task_id: &str, on: &[On]) -> Fault {
+        if let Db::Postgres(pg) = self {
+            return Fault {
+                names: pg.inject_fault(table, task_id, on),
+            };
+        }
         let mut names = Vec::new();
         for op in on {
             let name = format!(
@@ -437,6 +483,9 @@ impl Db {
 
     /// Removes an injected fault.
     pub fn remove_fault(&self, fault: Fault) {
+        if let Db::Postgres(pg) = self {
+            return pg.remove_fault(fault.names);
+        }
         for name in fault.names {
             self.sqlite()
                 .execute_batch(&format!("DROP TRIGGER {name}"))

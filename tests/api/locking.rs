@@ -122,7 +122,10 @@ async fn a_held_write_lock_fails_writes_as_aborted_after_the_lock_timeout(backen
     );
     assert_eq!(server.terminate().await.code(), Some(0));
 }
-contract_test!(a_held_write_lock_fails_writes_as_aborted_after_the_lock_timeout);
+contract_test!(
+    a_held_write_lock_fails_writes_as_aborted_after_the_lock_timeout,
+    sqlite_only
+);
 
 async fn readiness_follows_storage_while_liveness_stays_serving(backend: Backend) {
     let store = TestStore::fresh(backend);
@@ -180,4 +183,7 @@ async fn readiness_follows_storage_while_liveness_stays_serving(backend: Backend
     );
     assert_eq!(server.terminate().await.code(), Some(0));
 }
-contract_test!(readiness_follows_storage_while_liveness_stays_serving);
+contract_test!(
+    readiness_follows_storage_while_liveness_stays_serving,
+    sqlite_only
+);

@@ -9,10 +9,24 @@
 /// `#[tokio::test]` per backend in a module `name`, running the body under
 /// `within_test_limit`. Extra tokens after the name go to `#[tokio::test]`
 /// (the default is a multi-threaded runtime: the test's own blocking SQL
-/// never stalls an in-process server).
+/// never stalls an in-process server). `contract_test!(name, sqlite_only)`
+/// makes the SQLite test alone.
 macro_rules! contract_test {
     ($name:ident) => {
         contract_test!($name, flavor = "multi_thread", worker_threads = 4);
+    };
+    // A case of SQLite's own (one data dir's files, its write lock).
+    ($name:ident, sqlite_only) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                crate::helpers::within_test_limit(
+                    concat!(module_path!(), "::sqlite"),
+                    super::$name(crate::helpers::Backend::Sqlite),
+                )
+                .await
+            }
+        }
     };
     ($name:ident, $($runtime:tt)+) => {
         mod $name {
@@ -21,6 +35,14 @@ macro_rules! contract_test {
                 crate::helpers::within_test_limit(
                     concat!(module_path!(), "::sqlite"),
                     super::$name(crate::helpers::Backend::Sqlite),
+                )
+                .await
+            }
+            #[tokio::test($($runtime)+)]
+            async fn postgres() {
+                crate::helpers::within_test_limit(
+                    concat!(module_path!(), "::postgres"),
+                    super::$name(crate::helpers::Backend::Postgres),
                 )
                 .await
             }

@@ -3,10 +3,11 @@
 //! (and the outage test on a cluster of its own, which it stops and starts).
 //! Replicas starting together migrate once; every key leads with task_id;
 //! a server that does not make commits durable is refused, without showing
-//! the URL's password; replicas sharing a database never lose a run; a
-//! trigger's refusal is one write's failure; and losing the database makes
-//! writes fail fast as retryable and readiness drop, and recovers without
-//! a restart.
+//! the URL's password; replicas sharing a database never lose a run; the
+//! test's own look into the database (the contract suite's `Db`, whose
+//! trigger faults the failures suite uses on PostgreSQL too) sees what was
+//! stored; and losing the database makes writes fail fast as retryable and
+//! readiness drop, and recovers without a restart.
 
 use std::{
     collections::BTreeSet,
@@ -37,8 +38,8 @@ use tonic_health::pb::{
 
 use crate::{
     helpers::{
-        LIVENESS, On, RowCounts, SERVICE_NAME, Table, all_runs, complete_request, health, sha256_hex, summary_for, ts,
-        wait_for_service, within, within_test_limit, write_all_at_once,
+        LIVENESS, RowCounts, SERVICE_NAME, Table, all_runs, complete_request, health, sha256_hex,
+        summary_for, ts, wait_for_service, within, within_test_limit, write_all_at_once,
     },
     postgres_server::{
         PrivateCluster, TestDatabase, fresh_database, fresh_database_blocking, storage_flag,
@@ -98,11 +99,22 @@ async fn collect_lines(
     }
 }
 
-/// Starts the real binary on `url` and waits for its "listening" line.
-async fn start_runstore(storage: &[OsString], extra_args: &[&str]) -> Runstore {
+/// Starts the real binary on `db` and waits for its "listening" line.
+async fn start_runstore(db: &TestDatabase, extra_args: &[&str]) -> Runstore {
+    start_runstore_at(db, &db.server_args(), extra_args).await
+}
+
+/// Starts the real binary on `db` with these storage flags (e.g. a URL
+/// with a password) and waits for its "listening" line.
+async fn start_runstore_at(
+    db: &TestDatabase,
+    storage: &[OsString],
+    extra_args: &[&str],
+) -> Runstore {
     let mut child = runstore_command(storage, extra_args)
         .spawn()
         .expect("start runstore");
+    db.adopt(child.id().expect("a running child"));
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = oneshot::channel();
     tokio::spawn(collect_lines(
@@ -157,6 +169,8 @@ impl Runstore {
 
 /// Runs `runstore` to completion (it must exit by itself), with its output.
 async fn run_runstore(what: &str, mut command: Command) -> (std::process::ExitStatus, String) {
+    // The error chain alone, without anyhow's backtrace.
+    command.env("RUST_BACKTRACE", "0");
     let output = within(what, command.output()).await.expect("run runstore");
     let text = format!(
         "{}{}",
@@ -176,10 +190,6 @@ async fn open_in_process(db: &TestDatabase) -> Arc<dyn Storage> {
     .expect("open the PostgreSQL storage")
 }
 
-fn outcome_name(reply: &CompleteRunResponse) -> &'static str {
-    reply.outcome().as_str_name()
-}
-
 // ---------------------------------------------------------------------------
 // Replicas starting together
 // ---------------------------------------------------------------------------
@@ -188,7 +198,7 @@ async fn four_servers_starting_together_all_come_up_and_migrate_once_body() {
     let db = fresh_database().await;
     let url = storage_flag(&db.url_with_password(PASSWORD));
     // All four spawned before any is awaited: they race for the migration.
-    let servers = join_all((0..4).map(|_| start_runstore(&url, &[]))).await;
+    let servers = join_all((0..4).map(|_| start_runstore_at(&db, &url, &[]))).await;
     let channels = join_all(servers.iter().map(Runstore::wait_ready)).await;
     assert_eq!(channels.len(), 4);
 
@@ -390,6 +400,79 @@ async fn every_key_starts_with_task_id() {
 }
 
 // ---------------------------------------------------------------------------
+// The test's own look into the database (the contract suite's `Db`)
+// ---------------------------------------------------------------------------
+
+async fn the_test_connection_sees_what_the_server_stored_body() {
+    // The synchronous path, as the contract suite's TestStore takes it.
+    let db = fresh_database_blocking();
+    let server = start_runstore(&db, &[]).await;
+    server.wait_ready().await;
+    let mut client = server.process.client().await;
+    let runs = [
+        ("task-b", "run-1"),
+        ("task-a", "run-1"),
+        ("task-a", "run-2"),
+    ];
+    for (i, (task_id, run_id)) in runs.iter().enumerate() {
+        let reply = client
+            .complete_run(complete_request(task_id, run_id, &ts(i as u32)))
+            .await
+            .expect("CompleteRun")
+            .into_inner();
+        assert_eq!(reply.outcome(), Outcome::AllWritten, "{reply:?}");
+    }
+
+    let store = db.db();
+    assert_eq!(
+        store.row_counts(),
+        RowCounts {
+            tasks: 2,
+            snapshot_entries: 3,
+            manifests: 3,
+        },
+        "the readiness probe's row is not counted"
+    );
+    assert_eq!(store.count(Table::SnapshotEntries, "task-a"), 2);
+    assert_eq!(store.task_ids(Table::Manifests), ["task-a", "task-b"]);
+    let summary = summary_for("task-a", "run-2", &ts(2));
+    let manifest = store
+        .row(Table::Manifests, "task-a", "run-2")
+        .expect("stored manifest");
+    assert_eq!(manifest.summary, summary.as_bytes(), "the summary as sent");
+    assert_eq!(manifest.sha256, sha256_hex(summary.as_bytes()));
+    assert_eq!(manifest.timestamp, ts(2));
+    let entry = store
+        .row(Table::SnapshotEntries, "task-a", "run-2")
+        .expect("stored entry");
+    assert_eq!(entry.summary, summary.as_bytes());
+    assert!(store.row(Table::Manifests, "task-a", "run-9").is_none());
+    assert_eq!(store.all_rows(Table::SnapshotEntries).len(), 3);
+    assert_eq!(store.integrity_check(), "ok");
+
+    // A row deleted behind the server's back is gone for it too.
+    store.delete_row(Table::Manifests, "task-b", "run-1");
+    let read = client
+        .get_manifest(runstore::proto::GetManifestRequest {
+            task_id: "task-b".into(),
+            run_id: "run-1".into(),
+        })
+        .await;
+    assert_eq!(read.expect_err("deleted").code(), Code::NotFound);
+    assert_eq!(store.row_counts().manifests, 2);
+    server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_test_connection_sees_what_the_server_stored() {
+    within_test_limit(
+        "postgres::the_test_connection_sees_what_the_server_stored",
+        the_test_connection_sees_what_the_server_stored_body(),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------
 // Refusing a server that would not make commits durable
 // ---------------------------------------------------------------------------
 
@@ -513,8 +596,7 @@ async fn two_servers_writing_one_task_at_once_never_lose_a_run_body() {
     const TASK: &str = "shared";
     const RUNS: u32 = 200;
     let db = fresh_database().await;
-    let args = db.server_args();
-    let servers = join_all((0..2).map(|_| start_runstore(&args, &[]))).await;
+    let servers = join_all((0..2).map(|_| start_runstore(&db, &[]))).await;
     join_all(servers.iter().map(Runstore::wait_ready)).await;
     let clients = join_all(servers.iter().map(|s| s.process.client())).await;
 
@@ -591,209 +673,6 @@ async fn two_servers_writing_one_task_at_once_never_lose_a_run() {
     within_test_limit(
         "postgres::two_servers_writing_one_task_at_once_never_lose_a_run",
         two_servers_writing_one_task_at_once_never_lose_a_run_body(),
-    )
-    .await
-}
-
-// ---------------------------------------------------------------------------
-// Faults through triggers
-// ---------------------------------------------------------------------------
-
-const DOOMED: &str = "doomed";
-const BYSTANDERS: usize = 8;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refused {
-    Manifest,
-    Snapshot,
-    Both,
-}
-
-impl Refused {
-    fn tables(self) -> &'static [Table] {
-        match self {
-            Refused::Manifest => &[Table::Manifests],
-            Refused::Snapshot => &[Table::SnapshotEntries],
-            Refused::Both => &[Table::Manifests, Table::SnapshotEntries],
-        }
-    }
-    fn manifest(self) -> bool {
-        self != Refused::Snapshot
-    }
-    fn snapshot(self) -> bool {
-        self != Refused::Manifest
-    }
-    fn outcome(self) -> Outcome {
-        match self {
-            Refused::Manifest => Outcome::ManifestFailed,
-            Refused::Snapshot => Outcome::SnapshotFailed,
-            Refused::Both => Outcome::NoneWritten,
-        }
-    }
-}
-
-fn assert_refused_write(status: &WriteStatus, location: &str) {
-    assert_eq!(status.state(), WriteState::Failed, "{status:?}");
-    assert_eq!(status.code, "FAILED_PRECONDITION", "{status:?}");
-    assert!(
-        !status.retryable,
-        "a refused record fails again: {status:?}"
-    );
-    assert!(status.message.contains("injected"), "{status:?}");
-    assert_eq!(status.location, location);
-}
-
-fn assert_written(status: &WriteStatus, location: &str) {
-    assert_eq!(status.state(), WriteState::Written, "{status:?}");
-    assert_eq!(status.code, "OK", "{status:?}");
-    assert_eq!(status.location, location);
-}
-
-async fn refused_by_a_trigger(refused: Refused) {
-    let db = fresh_database().await;
-    let server = start_runstore(&db.server_args(), &["--health-interval", "100ms"]).await;
-    let channel = server.wait_ready().await;
-    let client = server.process.client().await;
-    let store = db.db();
-
-    let faults: Vec<Vec<String>> = refused
-        .tables()
-        .iter()
-        .map(|&table| store.inject_fault(table, DOOMED, &[On::Insert, On::Update]))
-        .collect();
-
-    // The doomed call with bystanders at the same moment.
-    let doomed = complete_request(DOOMED, "run-1", &ts(1));
-    let mut requests = vec![doomed.clone()];
-    requests.extend(
-        (0..BYSTANDERS).map(|i| complete_request(&format!("bystander-{i}"), "run-1", &ts(1))),
-    );
-    let replies: Vec<CompleteRunResponse> = join_all(requests.into_iter().map(|request| {
-        let mut client = client.clone();
-        async move {
-            within("a CompleteRun", client.complete_run(request))
-                .await
-                .expect("CompleteRun answers OK even when writes fail")
-                .into_inner()
-        }
-    }))
-    .await;
-
-    let reply = &replies[0];
-    let snapshot = reply.snapshot.as_ref().expect("snapshot status");
-    let manifest = reply.manifest.as_ref().expect("manifest status");
-    println!(
-        "postgres fault: {refused:?} refused: snapshot={} manifest={} outcome={}",
-        snapshot.code,
-        manifest.code,
-        outcome_name(reply)
-    );
-    assert_eq!(reply.outcome(), refused.outcome(), "{reply:?}");
-    let (snapshot_at, manifest_at) = ("snapshot_entries/doomed/run-1", "manifests/doomed/run-1");
-    if refused.snapshot() {
-        assert_refused_write(snapshot, snapshot_at);
-    } else {
-        assert_written(snapshot, snapshot_at);
-    }
-    if refused.manifest() {
-        assert_refused_write(manifest, manifest_at);
-    } else {
-        assert_written(manifest, manifest_at);
-    }
-    // The manifest's failure comes first.
-    let primary = reply.primary_error.as_ref().expect("primary error");
-    let first_failed = if refused.manifest() {
-        manifest
-    } else {
-        snapshot
-    };
-    assert_eq!(primary, first_failed, "manifest-first primary error");
-
-    // Other tasks are unaffected.
-    for (i, reply) in replies[1..].iter().enumerate() {
-        assert_eq!(
-            reply.outcome(),
-            Outcome::AllWritten,
-            "bystander {i}: {reply:?}"
-        );
-    }
-
-    // Nothing of a refused write is stored or readable.
-    let expected = |refused: bool| if refused { 0 } else { 1 };
-    assert_eq!(
-        store.row_counts(),
-        RowCounts {
-            // A refused snapshot write draws no sequence number either.
-            tasks: BYSTANDERS as i64 + expected(refused.snapshot()),
-            snapshot_entries: BYSTANDERS as i64 + expected(refused.snapshot()),
-            manifests: BYSTANDERS as i64 + expected(refused.manifest()),
-        }
-    );
-    let manifest_read = client
-        .clone()
-        .get_manifest(runstore::proto::GetManifestRequest {
-            task_id: DOOMED.into(),
-            run_id: "run-1".into(),
-        })
-        .await;
-    let snapshot_read = all_runs(&mut client.clone(), DOOMED, 10).await;
-    if refused.manifest() {
-        assert_eq!(
-            manifest_read.expect_err("no manifest").code(),
-            Code::NotFound
-        );
-    } else {
-        manifest_read.expect("manifest readable");
-    }
-    if refused.snapshot() {
-        assert_eq!(snapshot_read.expect_err("no runs").code(), Code::NotFound);
-    } else {
-        assert_eq!(snapshot_read.expect("snapshot").len(), 1);
-    }
-    // A refused record is not an unhealthy store.
-    assert_eq!(health(&channel, SERVICE_NAME).await, ServingStatus::Serving);
-
-    // The fault removed, a retry succeeds: no restart.
-    for fault in faults {
-        store.remove_fault(fault);
-    }
-    let retry = within("the retry", client.clone().complete_run(doomed))
-        .await
-        .expect("CompleteRun")
-        .into_inner();
-    assert_eq!(retry.outcome(), Outcome::AllWritten, "{retry:?}");
-    assert_eq!(store.count(Table::SnapshotEntries, DOOMED), 1);
-    assert_eq!(store.count(Table::Manifests, DOOMED), 1);
-    let runs = all_runs(&mut client.clone(), DOOMED, 10)
-        .await
-        .expect("snapshot after the retry");
-    assert_eq!(runs.len(), 1);
-    server.terminate().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_trigger_refusing_the_manifest_fails_only_the_manifest() {
-    within_test_limit(
-        "postgres::a_trigger_refusing_the_manifest_fails_only_the_manifest",
-        refused_by_a_trigger(Refused::Manifest),
-    )
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_trigger_refusing_the_snapshot_fails_only_the_snapshot() {
-    within_test_limit(
-        "postgres::a_trigger_refusing_the_snapshot_fails_only_the_snapshot",
-        refused_by_a_trigger(Refused::Snapshot),
-    )
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn triggers_refusing_both_write_nothing_and_the_manifest_is_primary() {
-    within_test_limit(
-        "postgres::triggers_refusing_both_write_nothing_and_the_manifest_is_primary",
-        refused_by_a_trigger(Refused::Both),
     )
     .await
 }
@@ -939,7 +818,7 @@ async fn database_outage_fails_writes_fast_and_recovers_without_restart_body() {
     let cluster = PrivateCluster::start(&[]).await;
     let db = cluster.create_database().await;
     let server = start_runstore(
-        &db.server_args(),
+        &db,
         &[
             "--health-interval",
             "200ms",

@@ -6,11 +6,16 @@
 //! its own.
 //!
 //! initdb and pg_ctl refuse to run as root, so as root they run as the
-//! `postgres` user (`runuser`), which owns the cluster's dir. A statics's
+//! `postgres` user (`runuser`), which owns the cluster's dir. A static's
 //! destructor never runs, so every cluster has a watchdog: a small shell
 //! loop in its own process group that, once the test binary is gone (or the
-//! cluster's dir is), shuts the postmaster down at once (SIGQUIT, an
-//! immediate shutdown) and removes the dir.
+//! cluster's dir is), kills the runstore servers the tests left on it,
+//! shuts the postmaster down at once (SIGQUIT, an immediate shutdown) and
+//! removes the dir.
+//!
+//! [`PgDb`] is the contract suite's look into a PostgreSQL store (row
+//! counts, rows, trigger faults), synchronous like SQLite's, run on a
+//! runtime of the harness's own.
 
 use std::{
     ffi::OsString,
@@ -221,12 +226,24 @@ impl Cluster {
         }
     }
 
-    /// Starts the watchdog that shuts the cluster down and removes its dir
-    /// once this test binary exits (however it exits) or the dir is gone.
+    /// Starts the watchdog that, once this test binary exits (however it
+    /// exits) or the dir is gone, kills the runstore servers left on the
+    /// cluster ([`TestDatabase::adopt`]), shuts the cluster down and
+    /// removes its dir.
     fn watchdog(&self) {
         const SCRIPT: &str = r#"
             while kill -0 "$1" 2>/dev/null && [ -d "$2" ]; do sleep 0.5; done
             pid=$(head -n 1 "$2/data/postmaster.pid" 2>/dev/null)
+            port=$(sed -n 4p "$2/data/postmaster.pid" 2>/dev/null)
+            # runstore servers left behind on this cluster (only those whose
+            # command line still names its port, in case an id was reused)
+            if [ -n "$port" ] && [ -f "$2/runstore.pids" ]; then
+                while read -r child; do
+                    if grep -qa "127.0.0.1:$port/" "/proc/$child/cmdline" 2>/dev/null; then
+                        kill -KILL "$child" 2>/dev/null
+                    fi
+                done < "$2/runstore.pids"
+            fi
             if [ -n "$pid" ] && kill -QUIT "$pid" 2>/dev/null; then
                 n=0
                 while kill -0 "$pid" 2>/dev/null && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n+1)); done
@@ -280,6 +297,7 @@ impl Cluster {
         TestDatabase {
             port: self.port,
             name,
+            cluster_root: self.root.clone(),
         }
     }
 }
@@ -289,9 +307,24 @@ impl Cluster {
 pub struct TestDatabase {
     port: u16,
     pub name: String,
+    cluster_root: PathBuf,
 }
 
 impl TestDatabase {
+    /// Puts a runstore server on this database in the watchdog's care: if
+    /// the test binary dies without stopping it (SIGKILL, a broken pipe),
+    /// the watchdog kills it with the cluster.
+    pub fn adopt(&self, pid: u32) {
+        use std::io::Write;
+        let path = self.cluster_root.join("runstore.pids");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|err| panic!("opening {}: {err}", path.display()));
+        writeln!(file, "{pid}").unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
+    }
+
     /// The URL runstore is given (`--storage`).
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{}", self.port, self.name)
@@ -408,7 +441,7 @@ fn bin_dir() -> PathBuf {
         let dir = PathBuf::from(dir);
         assert!(
             dir.join("initdb").is_file(),
-            "RUNSTORE_TEST_PG_BIN={} has no initdb",
+            "RUNSTORE_TEST_PG_BIN={} has no initdb (unset it to use Debian's `{INSTALL_HINT}`)",
             dir.display()
         );
         return dir;
@@ -590,7 +623,12 @@ impl PgDb {
         .collect()
     }
 
-    fn stored_rows(&self, table: Table, filter: &str, params: Vec<String>) -> Vec<(String, String, StoredRow)> {
+    fn stored_rows(
+        &self,
+        table: Table,
+        filter: &str,
+        params: Vec<String>,
+    ) -> Vec<(String, String, StoredRow)> {
         let sha256 = match table {
             Table::Manifests => "sha256",
             _ => "''",
@@ -673,10 +711,7 @@ impl PgDb {
             for index in &indexes {
                 let name: String = index.get(0);
                 if let Err(err) = client
-                    .execute(
-                        "SELECT bt_index_check($1::text::regclass, true)",
-                        &[&name],
-                    )
+                    .execute("SELECT bt_index_check($1::text::regclass, true)", &[&name])
                     .await
                 {
                     problems.push(format!("{name}: {err}"));

@@ -62,4 +62,7 @@ async fn processes_opening_a_fresh_data_dir_together_migrate_once(backend: Backe
         assert_eq!(server.terminate().await.code(), Some(0));
     }
 }
-contract_test!(processes_opening_a_fresh_data_dir_together_migrate_once);
+contract_test!(
+    processes_opening_a_fresh_data_dir_together_migrate_once,
+    sqlite_only
+);

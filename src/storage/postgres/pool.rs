@@ -112,6 +112,12 @@ impl Connections {
             return;
         }
         if let Ok(mut gate) = self.gate.lock() {
+            // Calls that were in flight together fail together: count one
+            // failed attempt per window, so the backoff grows per attempt to
+            // reconnect, not per caller.
+            if gate.retry_at.is_some_and(|at| at > Instant::now()) {
+                return;
+            }
             gate.failures = gate.failures.saturating_add(1);
             let backoff = FIRST_BACKOFF
                 .saturating_mul(1 << gate.failures.min(16).saturating_sub(1))
