@@ -3,12 +3,12 @@
 //!
 //! That is the acceptance figure for the snapshot write (DESIGN.md, Storage).
 //! The old in-process coordinator rewrote a task's whole `runs.json` on every
-//! run, so its cost grew with the history; runstore appends one frame to a
-//! per-task log instead. This benchmark measures it end to end, through the
+//! run, so its cost grew with the history; runstore upserts one row with
+//! index seeks instead. This benchmark measures it end to end, through the
 //! real server and a real gRPC channel:
 //!
 //! 1. Starts `runstore::server::run` in-process on `127.0.0.1:0` with
-//!    `FsStorage` on a fresh temporary data dir (under `$TMPDIR`, so point
+//!    the SQLite storage on a fresh temporary data dir (under `$TMPDIR`, so point
 //!    `TMPDIR` at the disk you care about), and waits for `grpc.health.v1`
 //!    to report SERVING.
 //! 2. Prefills task B with `BENCH_PRIOR_RUNS` runs (default 10,000) through
@@ -29,18 +29,12 @@
 //!    server-side duration of the snapshot write alone
 //!    (`WriteStatus.duration_micros`), which isolates the storage cost from
 //!    RPC overhead and from the concurrent manifest write; then the B/A
-//!    ratios and the size of B's snapshot log. Ratios near 1.0 mean the
+//!    ratios and the size of the database. Ratios near 1.0 mean the
 //!    snapshot cost does not grow with history.
 //!
 //! Summaries are the shared fixture `tests/fixtures/run-summary.json`
 //! (about 2 KiB, the shape `make_summary.py` produces) with `taskId`,
 //! `runId` and `timestamp` set per call, as the server requires.
-//!
-//! Note: the filesystem log rechecks for compaction whenever its frame count
-//! doubles (1024, 2050, 4102, 8206, 16414, ...), an amortised O(1) cost per
-//! write. With the defaults, B's measured runs 10,000..10,299 fall between two
-//! checks, so this measures the steady-state append; the checks themselves
-//! happen during the prefill.
 //!
 //! Run: `cargo bench --bench snapshot_growth`; quick version:
 //! `BENCH_PRIOR_RUNS=1000 BENCH_SAMPLES=50 cargo bench --bench snapshot_growth`.
@@ -49,7 +43,6 @@ use std::{
     env,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -59,7 +52,10 @@ use runstore::{
         persistence_service_client::PersistenceServiceClient,
     },
     server::{ServeError, ServerSettings},
-    storage::FsStorage,
+    storage::{
+        self, StorageSetting,
+        sqlite::{LockWait, SqliteSettings},
+    },
 };
 use serde_json::Value;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
@@ -177,7 +173,14 @@ struct Harness {
 impl Harness {
     async fn start() -> Self {
         let data_dir = tempfile::tempdir().expect("creating a temporary data dir");
-        let storage = FsStorage::open(data_dir.path()).expect("opening FsStorage on the data dir");
+        let setting = StorageSetting::Sqlite(SqliteSettings {
+            data_dir: data_dir.path().to_path_buf(),
+            max_summary_bytes: runstore::api::DEFAULT_MAX_SUMMARY_BYTES,
+            lock_wait: LockWait::default(),
+        });
+        let storage = storage::open(&setting)
+            .await
+            .expect("opening SQLite storage on the data dir");
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding 127.0.0.1:0");
@@ -185,7 +188,7 @@ impl Harness {
         let (shutdown, stop) = oneshot::channel::<()>();
         let server = tokio::spawn(runstore::server::run(
             listener,
-            Arc::new(storage),
+            storage,
             ServerSettings::default(),
             shutdown_signal(stop),
         ));
@@ -199,12 +202,8 @@ impl Harness {
         }
     }
 
-    fn snapshot_log_path(&self, task: &str) -> PathBuf {
-        self.data_dir
-            .path()
-            .join("tasks")
-            .join(task)
-            .join("runs.log")
+    fn database_path(&self) -> PathBuf {
+        self.data_dir.path().join(storage::sqlite::DATABASE_FILE)
     }
 
     /// Asks the server to stop, waits for it, then removes the data dir.
@@ -449,7 +448,7 @@ fn print_row(label: &str, latency: &Stats, snapshot: &Stats) {
     );
 }
 
-fn print_report(config: Config, empty: &[Sample], full: &[Sample], log_bytes: u64) {
+fn print_report(config: Config, empty: &[Sample], full: &[Sample], db_bytes: u64) {
     let (empty_latency, full_latency) = (latency_stats(empty), latency_stats(full));
     let (empty_snapshot, full_snapshot) = (snapshot_stats(empty), snapshot_stats(full));
     println!();
@@ -478,10 +477,10 @@ fn print_report(config: Config, empty: &[Sample], full: &[Sample], log_bytes: u6
         "ratio B/A  snapshot write p99  {:.3}",
         full_snapshot.p99 / empty_snapshot.p99
     );
-    let frames = config.prior_runs + config.samples;
+    let runs = config.prior_runs + 2 * config.samples;
     println!(
-        "snapshot log of B: {log_bytes} bytes, {frames} runs ({} bytes/run)",
-        log_bytes / frames as u64
+        "database: {db_bytes} bytes for {runs} runs, snapshot entry and manifest each ({} bytes/run)",
+        db_bytes / runs as u64
     );
     println!("(us = microseconds; call = client-observed CompleteRun latency;");
     println!(" snap = server-side WriteStatus.duration_micros of the snapshot write)");
@@ -517,11 +516,11 @@ async fn main() {
         config.prior_runs + config.samples
     );
 
-    let log_path = harness.snapshot_log_path(FULL_TASK);
-    let log_bytes = std::fs::metadata(&log_path)
-        .unwrap_or_else(|err| panic!("reading metadata of {}: {err}", log_path.display()))
+    let db_path = harness.database_path();
+    let db_bytes = std::fs::metadata(&db_path)
+        .unwrap_or_else(|err| panic!("reading metadata of {}: {err}", db_path.display()))
         .len();
-    print_report(config, &empty, &full, log_bytes);
+    print_report(config, &empty, &full, db_bytes);
 
     harness.stop().await;
 }

@@ -6,10 +6,15 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    admission::DEFAULT_MAX_IN_FLIGHT,
-    auth::{BearerTokens, TokensError},
+    api::{DEFAULT_MAX_SUMMARY_BYTES, ServiceSettings, WriteMode},
+    server::admission::DEFAULT_MAX_IN_FLIGHT,
+    server::auth::{BearerTokens, TokensError},
     server::{ServerSettings, TlsSettings},
-    service::{DEFAULT_MAX_SUMMARY_BYTES, ServiceSettings, WriteMode},
+    storage::{
+        StorageSetting,
+        postgres::{DatabaseUrl, PostgresSettings},
+        sqlite::{LockWait, SqliteSettings},
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -41,9 +46,19 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTORE_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
-    /// Data directory of the filesystem storage; created if missing.
+    /// Storage backend: unset for SQLite in --data-dir, or a
+    /// postgres://user@host:port/db URL (its password is never shown).
+    #[arg(long, env = "RUNSTORE_STORAGE", hide_env_values = true)]
+    pub storage: Option<StorageArg>,
+
+    /// Data directory holding the SQLite database (runstore.db); created if missing.
     #[arg(long, env = "RUNSTORE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// How long a write waits for another process's lock on the database
+    /// before it fails with ABORTED (retryable).
+    #[arg(long, env = "RUNSTORE_LOCK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lock_timeout: Duration,
 
     /// Largest accepted summary_json, in bytes.
     #[arg(long, env = "RUNSTORE_MAX_SUMMARY_BYTES", default_value_t = DEFAULT_MAX_SUMMARY_BYTES)]
@@ -87,6 +102,18 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTORE_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
 
+    /// PostgreSQL connections per replica (keep replicas × this under max_connections).
+    #[arg(long, env = "RUNSTORE_POSTGRES_POOL_SIZE", default_value_t = 16)]
+    pub postgres_pool_size: usize,
+
+    /// Bound on connecting to PostgreSQL and on waiting for a pooled connection.
+    #[arg(long, env = "RUNSTORE_POSTGRES_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub postgres_connect_timeout: Duration,
+
+    /// PEM CA certificate(s) trusted for PostgreSQL's TLS certificate, besides the Mozilla roots.
+    #[arg(long, env = "RUNSTORE_POSTGRES_CA_FILE")]
+    pub postgres_ca_file: Option<PathBuf>,
+
     /// How CompleteRun schedules its two writes; `sequential` is the benchmark baseline.
     #[arg(long, env = "RUNSTORE_WRITE_MODE", value_enum, default_value_t = WriteMode::Concurrent)]
     pub write_mode: WriteMode,
@@ -103,6 +130,32 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Tokens(#[from] TokensError),
+    // The value is not repeated: it may hold a password.
+    #[error(
+        "--storage must be a postgres:// or postgresql:// URL (or unset for SQLite in --data-dir)"
+    )]
+    Storage,
+}
+
+/// The `--storage` value as given. `Debug` never shows it, since a URL
+/// holds a password.
+#[derive(Clone)]
+pub struct StorageArg(String);
+
+impl std::str::FromStr for StorageArg {
+    type Err = std::convert::Infallible;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for StorageArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match DatabaseUrl::parse(&self.0) {
+            Some(url) => write!(f, "{url:?}"),
+            None => f.write_str("StorageArg(***)"),
+        }
+    }
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
@@ -113,6 +166,26 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
 }
 
 impl ServeArgs {
+    /// The storage backend and its settings.
+    pub fn storage_setting(&self) -> Result<StorageSetting, ConfigError> {
+        let Some(StorageArg(value)) = &self.storage else {
+            return Ok(StorageSetting::Sqlite(SqliteSettings {
+                data_dir: self.data_dir.clone(),
+                max_summary_bytes: self.max_summary_bytes,
+                lock_wait: LockWait {
+                    timeout: self.lock_timeout,
+                },
+            }));
+        };
+        let url = DatabaseUrl::parse(value).ok_or(ConfigError::Storage)?;
+        Ok(StorageSetting::Postgres(PostgresSettings {
+            url,
+            pool_size: self.postgres_pool_size.max(1),
+            connect_timeout: self.postgres_connect_timeout,
+            ca_file: self.postgres_ca_file.clone(),
+        }))
+    }
+
     /// Builds the server settings, reading the TLS and token files named.
     pub fn server_settings(&self) -> Result<ServerSettings, ConfigError> {
         let tls = match (&self.tls_cert, &self.tls_key) {

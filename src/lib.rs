@@ -1,35 +1,23 @@
 //! runstore: a gRPC persistence service for workflow orchestrators.
 //!
 //! Layout — data flows one way: request → validation → two storage writes
-//! in parallel → reply.
+//! in parallel → reply. The API knows nothing of SQL; a backend knows
+//! nothing of gRPC.
 //!
 //! - [`config`]: flags and `RUNSTORE_*` environment variables.
-//! - [`server`]: builds the gRPC server; [`server::run`] is the one entry point.
-//! - [`service`]: the handlers: validate, dispatch both writes, build the reply.
-//! - [`validate`]: id, timestamp and JSON rules.
-//! - [`write_report`]: per-write statuses and the manifest-first outcome.
-//! - [`deadline`]: the caller's `grpc-timeout`, answered with DEADLINE_EXCEEDED.
-//! - [`error`]: API errors and their mapping to gRPC codes, in one place.
-//! - [`page_token`]: the opaque GetTaskSnapshot page token.
-//! - [`admission`]: the in-flight limit; refuses new calls once shutdown begins.
-//! - [`auth`]: optional bearer tokens for the persistence service.
-//! - [`health`]: `grpc.health.v1` status tied to storage health and shutdown.
-//! - [`storage`]: the `Storage` trait and its filesystem backend.
+//! - [`api`]: the gRPC handlers, validation, the per-write reply, the one
+//!   mapping of errors to gRPC codes, page tokens.
+//! - [`server`]: the tonic server — TLS, auth, admission, deadlines, health,
+//!   shutdown drain; [`server::run`] is the one entry point.
+//! - [`storage`]: the `Storage` trait, its error type, the factory and the
+//!   SQLite backend.
 //! - [`telemetry`]: tracing setup.
 
-pub mod admission;
-pub mod auth;
+pub mod api;
 pub mod config;
-pub mod deadline;
-pub mod error;
-pub mod health;
-pub mod page_token;
 pub mod server;
-pub mod service;
 pub mod storage;
 pub mod telemetry;
-pub mod validate;
-pub mod write_report;
 
 /// Code generated from `proto/orchestrator/persistence/v1/persistence.proto`.
 pub mod proto {

@@ -1,15 +1,11 @@
 //! The `runstore` binary: parses config, starts the server, waits for
 //! SIGTERM or SIGINT.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::Parser;
 use runstore::{
     config::{Cli, Command, ServeArgs},
-    server,
-    storage::FsStorage,
-    telemetry,
+    server, storage, telemetry,
 };
 use tokio::net::TcpListener;
 
@@ -23,8 +19,8 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, std::io::stdout);
     let settings = args.server_settings()?;
-    let storage = FsStorage::open(&args.data_dir)
-        .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+    let setting = args.storage_setting()?;
+    let storage = storage::open(&setting).await.context("opening storage")?;
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -37,7 +33,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth = args.auth_tokens_file.is_some(),
         "listening"
     );
-    server::run(listener, Arc::new(storage), settings, shutdown).await?;
+    server::run(listener, storage, settings, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

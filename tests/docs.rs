@@ -46,7 +46,11 @@ fn flags_from_help() -> BTreeMap<String, Flag> {
     }
     let mut flags = BTreeMap::new();
     for (name, text) in descriptions {
-        if let Some(env) = between(&text, "[env: ", "=") {
+        // `[env: NAME=value]`, or `[env: NAME]` where values are hidden.
+        let env = text
+            .split_once("[env: ")
+            .and_then(|(_, rest)| rest.split(['=', ']']).next());
+        if let Some(env) = env {
             let default = between(&text, "[default: ", "]").map(str::to_owned);
             flags.insert(
                 name,
@@ -141,7 +145,7 @@ fn the_table_parser_notices_a_missing_row() {
 fn the_readme_states_the_codes_nesting_limit() {
     let stated = format!(
         "nesting at most {} deep",
-        runstore::validate::MAX_SUMMARY_DEPTH
+        runstore::api::validate::MAX_SUMMARY_DEPTH
     );
     assert!(
         readme().replace('\n', " ").contains(&stated),

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runstore::page_token::{decode, encode};
+use runstore::api::page_token::{decode, encode};
 
 fuzz_target!(|data: &[u8]| {
     let token = String::from_utf8_lossy(data);

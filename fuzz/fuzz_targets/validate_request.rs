@@ -9,7 +9,7 @@
 use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
-use runstore::validate;
+use runstore::api::validate;
 
 fuzz_target!(|data: &[u8]| {
     let input = String::from_utf8_lossy(data);

@@ -1,23 +1,29 @@
 //! The storage seam: what the service needs from a backend, and the typed
 //! errors a backend reports. Backends know nothing of gRPC; the service knows
-//! nothing of files.
+//! nothing of SQL.
+//!
+//! - [`open`](open()): the factory that builds a backend from the storage setting.
+//! - [`history`]: the ordering key of a task's runs and the page types.
+//! - [`migrations`]: the versioned schema of both backends.
+//! - [`sqlite`]: the embedded default, group-committed SQLite.
+//! - [`postgres`]: PostgreSQL, for stateless replicas sharing one database.
 
-mod durable_file;
-pub mod fs;
-mod group_commit;
 pub mod history;
-mod instance;
-mod snapshot_file;
-pub mod snapshot_log;
+pub mod migrations;
+mod open;
+pub mod postgres;
+pub mod sqlite;
 
-use std::{io, path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use fs::FsStorage;
-pub use history::{RunCursor, RunInstant, SnapshotPage, StoredRun};
+pub use history::{PAGE_BYTE_BUDGET, RunCursor, RunInstant, SnapshotPage, StoredRun};
+pub use open::{OpenError, StorageSetting, open};
 
 /// One completed run, validated and ready to be written by both writes.
+/// Everything a write needs is computed before dispatch (the sha256
+/// included), so the two writes reach storage at the same moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {
     pub task_id: String,
@@ -28,14 +34,19 @@ pub struct RunRecord {
     pub instant: RunInstant,
     /// The summary exactly as the caller sent it.
     pub summary_json: String,
+    /// Lowercase hex SHA-256 of `summary_json`.
+    pub sha256: String,
+    /// Whether the other write of this run is dispatched at the same time, so
+    /// a group-committing backend can make both land in one commit.
+    pub paired: bool,
 }
 
 /// What a successful write reports back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteReceipt {
-    /// Where the record lives, e.g. a path relative to the data dir.
+    /// Where the record lives: its table and key.
     pub location: String,
-    /// Bytes written to storage.
+    /// Bytes of the record written.
     pub bytes: u64,
 }
 
@@ -43,59 +54,65 @@ pub struct WriteReceipt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredManifest {
     pub summary_json: String,
+    /// Lowercase hex SHA-256 of `summary_json`, computed when it was written.
+    pub sha256: String,
     /// When the manifest was last written.
     pub written_at: std::time::SystemTime,
 }
 
-/// Why a storage operation failed. Each variant says what a caller can do
-/// about it; the service maps them to gRPC codes in one place.
-#[derive(Debug, thiserror::Error)]
+/// Why a storage operation failed, in terms of what a caller can do about
+/// it. Backend-neutral: no paths, no SQL. The API maps each kind to a gRPC
+/// code and a retry hint in one place (`api::error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
     #[error("not found")]
     NotFound,
+    /// The store cannot be reached or failed an I/O operation; retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Out of space (disk full, quota); retry once space is freed.
     #[error("storage is full: {0}")]
-    Full(#[source] io::Error),
-    #[error("storage refuses writes (read-only or permission denied): {0}")]
-    ReadOnly(#[source] io::Error),
-    #[error("a path component is in the way at {path}: {source}")]
-    PathConflict {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    Exhausted(String),
+    /// Lost a race for a lock or a transaction; retry at once.
+    #[error("storage write aborted: {0}")]
+    Aborted(String),
+    /// Stored data failed an integrity check.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("storage I/O failed: {0}")]
-    Io(#[source] io::Error),
-    #[error("storage task failed: {0}")]
-    TaskFailed(String),
+    /// The store refused this record (a constraint or trigger); the same
+    /// request will fail again.
+    #[error("storage refused the record: {0}")]
+    Invalid(String),
+    /// A bug or an unexpected state in the backend.
+    #[error("storage internal error: {0}")]
+    Internal(String),
 }
 
-impl StorageError {
-    /// Classifies an I/O error by what it means for the caller.
-    pub fn from_io(err: io::Error, path: &std::path::Path) -> Self {
-        use io::ErrorKind as K;
-        match err.kind() {
-            K::NotFound => Self::NotFound,
-            K::StorageFull | K::QuotaExceeded => Self::Full(err),
-            K::ReadOnlyFilesystem | K::PermissionDenied => Self::ReadOnly(err),
-            K::NotADirectory | K::IsADirectory | K::AlreadyExists => Self::PathConflict {
-                path: path.to_path_buf(),
-                source: err,
-            },
-            _ => Self::Io(err),
-        }
-    }
+/// The two records CompleteRun writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    Snapshot,
+    Manifest,
+}
+
+/// Where a record lives: `snapshot_entries/<task>/<run>` or
+/// `manifests/<task>/<run>`, the table and its key.
+pub fn location(target: Target, task_id: &str, run_id: &str) -> String {
+    let table = match target {
+        Target::Snapshot => "snapshot_entries",
+        Target::Manifest => "manifests",
+    };
+    format!("{table}/{task_id}/{run_id}")
 }
 
 /// A durable store for snapshots and manifests.
 ///
-/// Both writes must be durable when they return `Ok`: the record survives a
-/// process crash and power loss. Failed writes leave nothing visible.
+/// A write that returns `Ok` is durable: it survives a process crash and
+/// power loss. A failed write leaves nothing visible.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// Records `run` in its task's history, replacing an entry with the same
-    /// run id. Its cost must not grow with the history's length.
+    /// run id. Its cost does not grow with the history's length.
     async fn write_snapshot(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError>;
 
     /// Stores the run's summary as its manifest, replacing any previous one.
@@ -108,8 +125,9 @@ pub trait Storage: Send + Sync + 'static {
         run_id: &str,
     ) -> Result<StoredManifest, StorageError>;
 
-    /// Reads up to `limit` runs of a task's history that sort after `after`;
-    /// `NotFound` when the task has no runs.
+    /// Reads up to `limit` runs of a task's history that sort after `after`,
+    /// stopping early at [`PAGE_BYTE_BUDGET`] bytes of summaries (never
+    /// before one run); `NotFound` when the task has no runs.
     async fn read_snapshot(
         &self,
         task_id: &str,
@@ -117,12 +135,6 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<SnapshotPage, StorageError>;
 
-    /// Where a task's snapshot is (or would be) stored.
-    fn snapshot_location(&self, task_id: &str) -> String;
-
-    /// Where a run's manifest is (or would be) stored.
-    fn manifest_location(&self, task_id: &str, run_id: &str) -> String;
-
-    /// Proves the backend can durably write right now.
+    /// Proves the backend can durably write right now, with room to spare.
     async fn check_health(&self) -> Result<(), StorageError>;
 }

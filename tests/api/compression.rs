@@ -4,22 +4,16 @@
 //! the client as metadata. That a compressed request was accepted shows in
 //! the call succeeding: a server without the encoding answers UNIMPLEMENTED.
 
-use std::sync::Arc;
-
-use runstore::{
-    proto::{
-        CompleteRunRequest, GetManifestRequest, Outcome,
-        persistence_service_client::PersistenceServiceClient,
-    },
-    server::ServerSettings,
-    service::ServiceSettings,
-    storage::FsStorage,
+use runstore::proto::{
+    CompleteRunRequest, GetManifestRequest, Outcome,
+    persistence_service_client::PersistenceServiceClient,
 };
 use sha2::{Digest, Sha256};
 use tonic::{Code, codec::CompressionEncoding, metadata::MetadataMap, transport::Channel};
 
 use crate::helpers::{
-    complete_request, fast_settings, fixture_summary, spawn_app, spawn_app_with, ts,
+    Backend, RowCounts, Table, TestStore, complete_request, fixture_summary, spawn_app,
+    spawn_app_with, ts, with_summary_limit,
 };
 
 /// The reply's `grpc-encoding`, if it has one.
@@ -61,170 +55,145 @@ fn fixture_request() -> CompleteRunRequest {
     }
 }
 
-#[tokio::test]
-async fn gzip_and_zstd_clients_round_trip_the_exact_bytes() {
-    crate::helpers::within_test_limit(
-        "gzip_and_zstd_clients_round_trip_the_exact_bytes",
-        async move {
-            for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
-                let app = spawn_app().await;
-                let mut client = compressing_client(&app.channel, encoding);
-                let request = fixture_request();
-                let summary = request.summary_json.clone();
-                let (task_id, run_id) = (request.task_id.clone(), request.run_id.clone());
+async fn gzip_and_zstd_clients_round_trip_the_exact_bytes(backend: Backend) {
+    for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let app = spawn_app(backend).await;
+        let mut client = compressing_client(&app.channel, encoding);
+        let request = fixture_request();
+        let summary = request.summary_json.clone();
+        let (task_id, run_id) = (request.task_id.clone(), request.run_id.clone());
 
-                let reply = client.complete_run(request).await.expect("CompleteRun");
-                assert_eq!(
-                    encoding_of(reply.metadata()).as_deref(),
-                    Some(name(encoding)),
-                    "CompleteRun reply encoding"
-                );
-                let reply = reply.into_inner();
-                assert_eq!(reply.outcome(), Outcome::AllWritten, "{encoding:?}");
-                assert_eq!(
-                    reply.manifest.expect("manifest status").bytes,
-                    summary.len() as u64
-                );
+        let reply = client.complete_run(request).await.expect("CompleteRun");
+        assert_eq!(
+            encoding_of(reply.metadata()).as_deref(),
+            Some(name(encoding)),
+            "CompleteRun reply encoding"
+        );
+        let reply = reply.into_inner();
+        assert_eq!(reply.outcome(), Outcome::AllWritten, "{encoding:?}");
+        assert_eq!(
+            reply.manifest.expect("manifest status").bytes,
+            summary.len() as u64
+        );
 
-                let read = client
-                    .get_manifest(GetManifestRequest {
-                        task_id: task_id.clone(),
-                        run_id: run_id.clone(),
-                    })
-                    .await
-                    .expect("GetManifest");
-                assert_eq!(
-                    encoding_of(read.metadata()).as_deref(),
-                    Some(name(encoding)),
-                    "GetManifest reply encoding"
-                );
-                let read = read.into_inner();
-                assert_eq!(read.summary_json.as_bytes(), summary.as_bytes());
-                assert_eq!(
-                    read.sha256,
-                    format!("{:x}", Sha256::digest(summary.as_bytes()))
-                );
+        let read = client
+            .get_manifest(GetManifestRequest {
+                task_id: task_id.clone(),
+                run_id: run_id.clone(),
+            })
+            .await
+            .expect("GetManifest");
+        assert_eq!(
+            encoding_of(read.metadata()).as_deref(),
+            Some(name(encoding)),
+            "GetManifest reply encoding"
+        );
+        let read = read.into_inner();
+        assert_eq!(read.summary_json.as_bytes(), summary.as_bytes());
+        assert_eq!(
+            read.sha256,
+            format!("{:x}", Sha256::digest(summary.as_bytes()))
+        );
 
-                // Stored uncompressed: the file is the summary as sent.
-                let on_disk = std::fs::read(
-                    app.data_path()
-                        .join(format!("runs/{task_id}/{run_id}/manifest.json")),
-                )
-                .expect("manifest file");
-                assert_eq!(on_disk, summary.as_bytes());
-                app.stop().await;
-            }
-        },
-    )
-    .await
+        // Stored uncompressed: the rows hold the summary as sent.
+        let db = app.db();
+        for table in [Table::Manifests, Table::SnapshotEntries] {
+            let row = db.row(table, &task_id, &run_id).expect("row");
+            assert_eq!(row.summary, summary.as_bytes(), "{table:?}");
+        }
+        app.stop().await;
+    }
 }
+contract_test!(gzip_and_zstd_clients_round_trip_the_exact_bytes);
 
-#[tokio::test]
-async fn replies_are_compressed_only_for_clients_that_accept_it() {
-    crate::helpers::within_test_limit(
-        "replies_are_compressed_only_for_clients_that_accept_it",
-        async move {
-            let app = spawn_app().await;
+async fn replies_are_compressed_only_for_clients_that_accept_it(backend: Backend) {
+    let app = spawn_app(backend).await;
 
-            // Negative control: a plain client gets a plain reply.
-            let reply = app
-                .client()
-                .complete_run(complete_request("plain", "run-1", &ts(1)))
-                .await
-                .expect("CompleteRun");
-            assert_eq!(encoding_of(reply.metadata()), None);
-            assert_eq!(reply.into_inner().outcome(), Outcome::AllWritten);
+    // Negative control: a plain client gets a plain reply.
+    let reply = app
+        .client()
+        .complete_run(complete_request("plain", "run-1", &ts(1)))
+        .await
+        .expect("CompleteRun");
+    assert_eq!(encoding_of(reply.metadata()), None);
+    assert_eq!(reply.into_inner().outcome(), Outcome::AllWritten);
 
-            // Compressing its request does not make the reply compressed.
-            let mut send_only = PersistenceServiceClient::new(app.channel.clone())
-                .send_compressed(CompressionEncoding::Gzip);
-            let reply = send_only
-                .complete_run(complete_request("send-only", "run-1", &ts(1)))
-                .await
-                .expect("CompleteRun");
-            assert_eq!(encoding_of(reply.metadata()), None);
-            assert_eq!(reply.into_inner().outcome(), Outcome::AllWritten);
-            let read = send_only
-                .get_manifest(GetManifestRequest {
-                    task_id: "send-only".into(),
-                    run_id: "run-1".into(),
-                })
-                .await
-                .expect("GetManifest");
-            assert_eq!(encoding_of(read.metadata()), None);
+    // Compressing its request does not make the reply compressed.
+    let mut send_only = PersistenceServiceClient::new(app.channel.clone())
+        .send_compressed(CompressionEncoding::Gzip);
+    let reply = send_only
+        .complete_run(complete_request("send-only", "run-1", &ts(1)))
+        .await
+        .expect("CompleteRun");
+    assert_eq!(encoding_of(reply.metadata()), None);
+    assert_eq!(reply.into_inner().outcome(), Outcome::AllWritten);
+    let read = send_only
+        .get_manifest(GetManifestRequest {
+            task_id: "send-only".into(),
+            run_id: "run-1".into(),
+        })
+        .await
+        .expect("GetManifest");
+    assert_eq!(encoding_of(read.metadata()), None);
 
-            // The reply follows what the client accepts, not what it sent.
-            let mut mixed = PersistenceServiceClient::new(app.channel.clone())
-                .send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Zstd);
-            let reply = mixed
-                .complete_run(complete_request("mixed", "run-1", &ts(1)))
-                .await
-                .expect("CompleteRun");
-            assert_eq!(encoding_of(reply.metadata()).as_deref(), Some("zstd"));
-            assert_eq!(reply.into_inner().outcome(), Outcome::AllWritten);
-            app.stop().await;
-        },
-    )
-    .await
+    // The reply follows what the client accepts, not what it sent.
+    let mut mixed = PersistenceServiceClient::new(app.channel.clone())
+        .send_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd);
+    let reply = mixed
+        .complete_run(complete_request("mixed", "run-1", &ts(1)))
+        .await
+        .expect("CompleteRun");
+    assert_eq!(encoding_of(reply.metadata()).as_deref(), Some("zstd"));
+    assert_eq!(reply.into_inner().outcome(), Outcome::AllWritten);
+    app.stop().await;
 }
+contract_test!(replies_are_compressed_only_for_clients_that_accept_it);
 
-#[tokio::test]
-async fn size_limits_apply_to_the_decompressed_request() {
-    crate::helpers::within_test_limit(
-        "size_limits_apply_to_the_decompressed_request",
-        async move {
-            let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-            let storage = Arc::new(FsStorage::open(dir.path()).expect("open"));
-            let settings = ServerSettings {
-                service: ServiceSettings {
-                    max_summary_bytes: 64 * 1024,
-                    ..ServiceSettings::default()
-                },
-                ..fast_settings()
-            };
-            let app = spawn_app_with(dir, storage, settings).await;
-            let padded = |size: usize| {
-                let mut request = complete_request("task", "run-1", &ts(1));
-                request.summary_json = format!(
-                    "{{\"taskId\":\"task\",\"runId\":\"run-1\",\"pad\":\"{}\"}}",
-                    "x".repeat(size)
-                );
-                request
-            };
+async fn size_limits_apply_to_the_decompressed_request(backend: Backend) {
+    let store = TestStore::fresh(backend);
+    let (options, settings) = with_summary_limit(64 * 1024);
+    let storage = store.open(&options).await;
+    let app = spawn_app_with(store, storage, settings).await;
+    let padded = |size: usize| {
+        let mut request = complete_request("task", "run-1", &ts(1));
+        request.summary_json = format!(
+            "{{\"taskId\":\"task\",\"runId\":\"run-1\",\"pad\":\"{}\"}}",
+            "x".repeat(size)
+        );
+        request
+    };
 
-            for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
-                let mut client = compressing_client(&app.channel, encoding);
-                // Over the summary limit: a few hundred bytes on the wire,
-                // still refused by the service.
-                let err = client
-                    .complete_run(padded(100 * 1024))
-                    .await
-                    .expect_err("oversized summary");
-                assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-                assert!(err.message().contains("summary_json"), "{}", err.message());
+    for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let mut client = compressing_client(&app.channel, encoding);
+        // Over the summary limit: a few hundred bytes on the wire,
+        // still refused by the service.
+        let err = client
+            .complete_run(padded(100 * 1024))
+            .await
+            .expect_err("oversized summary");
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("summary_json"), "{}", err.message());
 
-                // Far over the decoding limit (a decompression bomb): the
-                // codec stops decompressing at the limit.
-                let err = client
-                    .complete_run(padded(16 * 1024 * 1024))
-                    .await
-                    .expect_err("oversized message");
-                assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-                assert!(err.message().contains("size limit"), "{}", err.message());
-            }
-            assert!(!app.data_path().join("runs/task").exists());
+        // Far over the decoding limit (a decompression bomb): the
+        // codec stops decompressing at the limit.
+        let err = client
+            .complete_run(padded(16 * 1024 * 1024))
+            .await
+            .expect_err("oversized message");
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("size limit"), "{}", err.message());
+    }
+    assert_eq!(app.db().row_counts(), RowCounts::default());
 
-            // The server carries on.
-            let mut client = compressing_client(&app.channel, CompressionEncoding::Gzip);
-            let reply = client
-                .complete_run(padded(1024))
-                .await
-                .expect("CompleteRun")
-                .into_inner();
-            assert_eq!(reply.outcome(), Outcome::AllWritten);
-            app.stop().await;
-        },
-    )
-    .await
+    // The server carries on.
+    let mut client = compressing_client(&app.channel, CompressionEncoding::Gzip);
+    let reply = client
+        .complete_run(padded(1024))
+        .await
+        .expect("CompleteRun")
+        .into_inner();
+    assert_eq!(reply.outcome(), Outcome::AllWritten);
+    app.stop().await;
 }
+contract_test!(size_limits_apply_to_the_decompressed_request);

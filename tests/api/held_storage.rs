@@ -1,6 +1,6 @@
-//! Real filesystem stores with hooks around their writes and health probe,
-//! for tests that must hold a call mid-write, keep storage "not ready", or
-//! observe two writes in flight.
+//! The real store of a backend (built through `storage::open`) with hooks
+//! around its writes and health probe, for tests that must hold a call
+//! mid-write, keep storage "not ready", or observe two writes in flight.
 
 use std::{ops::Deref, sync::Arc};
 
@@ -8,11 +8,12 @@ use async_trait::async_trait;
 use runstore::{
     proto::WriteTarget,
     storage::{
-        FsStorage, RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest,
-        WriteReceipt,
+        RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest, WriteReceipt,
     },
 };
 use tokio::sync::{Semaphore, watch};
+
+use crate::helpers::{StoreOptions, TestStore};
 
 /// What a test runs around the real store's operations.
 #[async_trait]
@@ -22,17 +23,17 @@ pub trait Hooks: Send + Sync + 'static {
     async fn before_health_check(&self) {}
 }
 
-/// `FsStorage` with `H` run around every write and health probe. Derefs to
-/// the hooks so tests can steer them.
+/// A backend's store with `H` run around every write and health probe.
+/// Derefs to the hooks so tests can steer them.
 pub struct Hooked<H> {
-    inner: FsStorage,
+    inner: Arc<dyn Storage>,
     hooks: H,
 }
 
 impl<H: Hooks> Hooked<H> {
-    pub fn with_hooks(data_dir: &std::path::Path, hooks: H) -> Arc<Self> {
+    pub async fn with_hooks(store: &TestStore, hooks: H) -> Arc<Self> {
         Arc::new(Self {
-            inner: FsStorage::open(data_dir).expect("open storage"),
+            inner: store.open(&StoreOptions::default()).await,
             hooks,
         })
     }
@@ -80,24 +81,27 @@ impl<H: Hooks> Storage for Hooked<H> {
     ) -> Result<SnapshotPage, StorageError> {
         self.inner.read_snapshot(task_id, after, limit).await
     }
-    fn snapshot_location(&self, task_id: &str) -> String {
-        self.inner.snapshot_location(task_id)
-    }
-    fn manifest_location(&self, task_id: &str, run_id: &str) -> String {
-        self.inner.manifest_location(task_id, run_id)
-    }
     async fn check_health(&self) -> Result<(), StorageError> {
         self.hooks.before_health_check().await;
         self.inner.check_health().await
     }
 }
 
-/// Gates: the health probe waits until `ready`; manifest writes (when held)
-/// wait for [`Held::release`].
+/// Which writes a [`Held`] store holds until released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    Nothing,
+    Manifests,
+    /// Snapshot and manifest writes.
+    Everything,
+}
+
+/// Gates: the health probe waits until `ready`; held writes wait for
+/// [`Held::release`].
 pub struct Held {
     pub ready: watch::Sender<bool>,
-    hold_manifests: bool,
-    /// Manifest writes currently held.
+    hold: Hold,
+    /// Writes currently held.
     held: watch::Sender<usize>,
     release: Semaphore,
 }
@@ -105,41 +109,55 @@ pub struct Held {
 pub type HeldStorage = Hooked<Held>;
 
 impl HeldStorage {
-    pub fn new(data_dir: &std::path::Path, ready: bool, hold_manifests: bool) -> Arc<Self> {
+    pub async fn new(store: &TestStore, ready: bool, hold: Hold) -> Arc<Self> {
         Self::with_hooks(
-            data_dir,
+            store,
             Held {
                 ready: watch::Sender::new(ready),
-                hold_manifests,
+                hold,
                 held: watch::Sender::new(0),
                 release: Semaphore::new(0),
             },
         )
+        .await
     }
 }
 
 impl Held {
-    /// Waits until `n` manifest writes are held.
+    /// Waits until `n` writes are held.
     pub async fn wait_held(&self, n: usize) {
         let mut held = self.held.subscribe();
         crate::helpers::within(
-            &format!("{n} manifest writes to be held"),
+            &format!("{n} writes to be held"),
             held.wait_for(|held| *held >= n),
         )
         .await
         .expect("held counter");
     }
 
-    /// Lets `n` held manifest writes go on.
+    /// Lets `n` held writes go on.
     pub fn release(&self, n: usize) {
         self.release.add_permits(n);
+    }
+
+    /// Lets every write go on, held now or later.
+    pub fn open_gate(&self) {
+        self.release.add_permits(1 << 30);
+    }
+
+    fn holds(&self, target: WriteTarget) -> bool {
+        match self.hold {
+            Hold::Nothing => false,
+            Hold::Manifests => target == WriteTarget::Manifest,
+            Hold::Everything => true,
+        }
     }
 }
 
 #[async_trait]
 impl Hooks for Held {
     async fn before_write(&self, target: WriteTarget) {
-        if self.hold_manifests && target == WriteTarget::Manifest {
+        if self.holds(target) {
             self.held.send_modify(|n| *n += 1);
             self.release.acquire().await.expect("gate").forget();
             self.held.send_modify(|n| *n -= 1);

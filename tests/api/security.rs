@@ -1,13 +1,11 @@
 //! TLS, mutual TLS and bearer tokens, with certificates made at test time.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use runstore::{
-    auth::BearerTokens,
     proto::{Outcome, persistence_service_client::PersistenceServiceClient},
-    server::{ServerSettings, TlsSettings},
-    storage::FsStorage,
+    server::{ServerSettings, TlsSettings, auth::BearerTokens},
 };
 use tonic::{
     Code,
@@ -18,7 +16,9 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{complete_request, fast_settings, spawn_app_with, ts};
+use crate::helpers::{
+    Backend, RowCounts, Table, TestStore, complete_request, fast_settings, spawn_app_with, ts,
+};
 
 /// A CA and a key/certificate pair it signed.
 struct Pki {
@@ -57,10 +57,10 @@ impl Pki {
     }
 }
 
-async fn tls_server(pki: &Pki, mutual: bool) -> crate::helpers::TestApp {
+async fn tls_server(backend: Backend, pki: &Pki, mutual: bool) -> crate::helpers::TestApp {
     let server = pki.leaf(&["localhost"]);
-    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let storage = Arc::new(FsStorage::open(dir.path()).expect("open"));
+    let store = TestStore::fresh(backend);
+    let storage = store.open(&Default::default()).await;
     let settings = ServerSettings {
         tls: Some(TlsSettings {
             cert_pem: server.cert_pem.into_bytes(),
@@ -69,7 +69,7 @@ async fn tls_server(pki: &Pki, mutual: bool) -> crate::helpers::TestApp {
         }),
         ..fast_settings()
     };
-    spawn_app_with(dir, storage, settings).await
+    spawn_app_with(store, storage, settings).await
 }
 
 async fn tls_channel(
@@ -113,138 +113,123 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
-#[tokio::test]
-async fn tls_serves_clients_that_trust_its_ca_and_only_over_tls() {
-    crate::helpers::within_test_limit(
-        "tls_serves_clients_that_trust_its_ca_and_only_over_tls",
-        async move {
-            let pki = Pki::new("runstore test CA");
-            let app = tls_server(&pki, false).await;
+async fn tls_serves_clients_that_trust_its_ca_and_only_over_tls(backend: Backend) {
+    let pki = Pki::new("runstore test CA");
+    let app = tls_server(backend, &pki, false).await;
 
-            let channel = tls_channel(&app, &pki.ca_pem, None)
-                .await
-                .expect("TLS connect");
-            assert_eq!(call_code(channel).await, Code::Ok);
+    let channel = tls_channel(&app, &pki.ca_pem, None)
+        .await
+        .expect("TLS connect");
+    assert_eq!(call_code(channel).await, Code::Ok);
 
-            // A client trusting another CA refuses the server's certificate.
-            let stranger = Pki::new("some other CA");
-            let refused = match tls_channel(&app, &stranger.ca_pem, None).await {
-                Ok(channel) => call_code(channel).await,
-                Err(_) => Code::Unavailable,
-            };
-            assert_ne!(refused, Code::Ok);
+    // A client trusting another CA refuses the server's certificate.
+    let stranger = Pki::new("some other CA");
+    let refused = match tls_channel(&app, &stranger.ca_pem, None).await {
+        Ok(channel) => call_code(channel).await,
+        Err(_) => Code::Unavailable,
+    };
+    assert_ne!(refused, Code::Ok);
 
-            // Plaintext gets nowhere.
-            let plain =
-                Channel::from_shared(format!("http://127.0.0.1:{}", app.port)).expect("uri");
-            let plain_result = match plain.connect().await {
-                Ok(channel) => call_code(channel).await,
-                Err(_) => Code::Unavailable,
-            };
-            assert_ne!(plain_result, Code::Ok);
-        },
-    )
-    .await
+    // Plaintext gets nowhere.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{}", app.port)).expect("uri");
+    let plain_result = match plain.connect().await {
+        Ok(channel) => call_code(channel).await,
+        Err(_) => Code::Unavailable,
+    };
+    assert_ne!(plain_result, Code::Ok);
+    // Only the one TLS call was stored.
+    assert_eq!(app.db().row_counts().manifests, 1);
 }
+contract_test!(tls_serves_clients_that_trust_its_ca_and_only_over_tls);
 
-#[tokio::test]
-async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
-    crate::helpers::within_test_limit(
-        "mutual_tls_requires_a_client_certificate_from_the_ca",
-        async move {
-            let pki = Pki::new("runstore test CA");
-            let app = tls_server(&pki, true).await;
+async fn mutual_tls_requires_a_client_certificate_from_the_ca(backend: Backend) {
+    let pki = Pki::new("runstore test CA");
+    let app = tls_server(backend, &pki, true).await;
 
-            let good = pki.leaf(&["orchestrator"]);
-            let channel = tls_channel(&app, &pki.ca_pem, Some(&good))
-                .await
-                .expect("mTLS connect");
-            assert_eq!(call_code(channel).await, Code::Ok);
+    let good = pki.leaf(&["orchestrator"]);
+    let channel = tls_channel(&app, &pki.ca_pem, Some(&good))
+        .await
+        .expect("mTLS connect");
+    assert_eq!(call_code(channel).await, Code::Ok);
 
-            let without = match tls_channel(&app, &pki.ca_pem, None).await {
-                Ok(channel) => call_code(channel).await,
-                Err(_) => Code::Unavailable,
-            };
-            assert_ne!(without, Code::Ok, "no client certificate");
+    let without = match tls_channel(&app, &pki.ca_pem, None).await {
+        Ok(channel) => call_code(channel).await,
+        Err(_) => Code::Unavailable,
+    };
+    assert_ne!(without, Code::Ok, "no client certificate");
 
-            let wrong = Pki::new("an attacker's CA").leaf(&["orchestrator"]);
-            let with_wrong = match tls_channel(&app, &pki.ca_pem, Some(&wrong)).await {
-                Ok(channel) => call_code(channel).await,
-                Err(_) => Code::Unavailable,
-            };
-            assert_ne!(with_wrong, Code::Ok, "certificate from another CA");
-        },
-    )
-    .await
+    let wrong = Pki::new("an attacker's CA").leaf(&["orchestrator"]);
+    let with_wrong = match tls_channel(&app, &pki.ca_pem, Some(&wrong)).await {
+        Ok(channel) => call_code(channel).await,
+        Err(_) => Code::Unavailable,
+    };
+    assert_ne!(with_wrong, Code::Ok, "certificate from another CA");
+    assert_eq!(app.db().row_counts().manifests, 1);
 }
+contract_test!(mutual_tls_requires_a_client_certificate_from_the_ca);
 
-#[tokio::test]
-async fn bearer_tokens_guard_the_service_but_not_health() {
-    crate::helpers::within_test_limit(
-        "bearer_tokens_guard_the_service_but_not_health",
+async fn bearer_tokens_guard_the_service_but_not_health(backend: Backend) {
+    let store = TestStore::fresh(backend);
+    let tokens_file = store.root().join("tokens");
+    std::fs::write(
+        &tokens_file,
+        "# orchestrators\nsecret-one\n\n  secret-two  \n",
+    )
+    .expect("tokens file");
+    let storage = store.open(&Default::default()).await;
+    let settings = ServerSettings {
+        auth: Some(BearerTokens::from_file(&tokens_file).expect("tokens")),
+        ..fast_settings()
+    };
+    let app = spawn_app_with(store, storage, settings).await;
+    app.wait_for_health(ServingStatus::Serving).await;
+
+    let call = |token: Option<&'static str>| {
+        let mut client = app.client();
         async move {
-            let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-            let tokens_file = dir.path().join("tokens");
-            std::fs::write(
-                &tokens_file,
-                "# orchestrators\nsecret-one\n\n  secret-two  \n",
-            )
-            .expect("tokens file");
-            let storage = Arc::new(FsStorage::open(dir.path().join("data")).expect("open"));
-            let settings = ServerSettings {
-                auth: Some(BearerTokens::from_file(&tokens_file).expect("tokens")),
-                ..fast_settings()
-            };
-            let app = spawn_app_with(dir, storage, settings).await;
-            app.wait_for_health(ServingStatus::Serving).await;
-
-            let call = |token: Option<&'static str>| {
-                let mut client = app.client();
-                async move {
-                    let mut request =
-                        tonic::Request::new(complete_request("guarded", "run-1", &ts(1)));
-                    if let Some(token) = token {
-                        let value: MetadataValue<_> = token.parse().expect("header");
-                        request.metadata_mut().insert("authorization", value);
-                    }
-                    client
-                        .complete_run(request)
-                        .await
-                        .map(|r| r.into_inner().outcome())
-                }
-            };
-            for bad in [
-                None,
-                Some("Bearer wrong"),
-                Some("Bearer secret-on"),
-                Some("secret-one"),
-                Some("Basic c2VjcmV0LW9uZQ=="),
-            ] {
-                let err = call(bad).await.expect_err("refused");
-                assert_eq!(err.code(), Code::Unauthenticated, "{bad:?}");
+            let mut request = tonic::Request::new(complete_request("guarded", "run-1", &ts(1)));
+            if let Some(token) = token {
+                let value: MetadataValue<_> = token.parse().expect("header");
+                request.metadata_mut().insert("authorization", value);
             }
-            assert!(
-                !app.data_path().join("data/runs/guarded").exists(),
-                "refused calls wrote nothing"
-            );
-            assert_eq!(
-                call(Some("Bearer secret-one")).await.expect("accepted"),
-                Outcome::AllWritten
-            );
-            assert_eq!(
-                call(Some("Bearer secret-two")).await.expect("accepted"),
-                Outcome::AllWritten
-            );
-
-            // Probes need no token.
-            let health = HealthClient::new(app.channel.clone())
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
+            client
+                .complete_run(request)
                 .await
-                .expect("health without a token");
-            assert_eq!(health.into_inner().status(), ServingStatus::Serving);
-        },
-    )
-    .await
+                .map(|r| r.into_inner().outcome())
+        }
+    };
+    for bad in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer secret-on"),
+        Some("secret-one"),
+        Some("Basic c2VjcmV0LW9uZQ=="),
+    ] {
+        let err = call(bad).await.expect_err("refused");
+        assert_eq!(err.code(), Code::Unauthenticated, "{bad:?}");
+    }
+    assert_eq!(
+        app.db().row_counts(),
+        RowCounts::default(),
+        "refused calls wrote nothing"
+    );
+    assert_eq!(
+        call(Some("Bearer secret-one")).await.expect("accepted"),
+        Outcome::AllWritten
+    );
+    assert_eq!(
+        call(Some("Bearer secret-two")).await.expect("accepted"),
+        Outcome::AllWritten
+    );
+    assert_eq!(app.db().count(Table::Manifests, "guarded"), 1);
+
+    // Probes need no token.
+    let health = HealthClient::new(app.channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health without a token");
+    assert_eq!(health.into_inner().status(), ServingStatus::Serving);
 }
+contract_test!(bearer_tokens_guard_the_service_but_not_health);

@@ -1,15 +1,8 @@
 //! `runstore serve` as a child process: the real binary on 127.0.0.1:0
-//! with JSON logs, for tests that signal or kill it.
+//! with JSON logs, on a test's store, for tests that signal or kill it or
+//! measure its memory.
 
-use std::{
-    path::Path,
-    process::Stdio,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use runstore::proto::persistence_service_client::PersistenceServiceClient;
 use tokio::{
@@ -18,21 +11,20 @@ use tokio::{
 };
 use tonic::transport::Channel;
 
+use crate::helpers::{TestStore, within};
+
 /// `runstore serve` as a child process on 127.0.0.1:0 with JSON logs.
 pub struct ServerProcess {
     pub child: Child,
     pub addr: String,
-    /// Log lines whose message mentions a torn snapshot-log tail.
-    pub torn_tail_warnings: Arc<AtomicUsize>,
 }
 
-/// Starts the real binary on `data_dir` and waits for its "listening" line.
-pub async fn start_server(data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
+/// Starts the real binary on `store` and waits for its "listening" line.
+pub async fn start_server(store: &TestStore, extra_args: &[&str]) -> ServerProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runstore"))
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .args(extra_args)
-        .arg("--data-dir")
-        .arg(data_dir)
+        .args(store.server_args())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -40,8 +32,12 @@ pub async fn start_server(data_dir: &Path, extra_args: &[&str]) -> ServerProcess
         .expect("start runstore");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let echo = std::env::var_os("TEST_LOG").is_some();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.expect("read log") {
+            if echo {
+                println!("{line}");
+            }
             let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
             if event["message"] == "listening" {
                 return event["addr"].as_str().expect("addr").to_owned();
@@ -51,21 +47,15 @@ pub async fn start_server(data_dir: &Path, extra_args: &[&str]) -> ServerProcess
     })
     .await
     .expect("runstore did not start");
-    let torn_tail_warnings = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&torn_tail_warnings);
     // Keep draining the logs so the server never blocks on a full pipe.
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("torn tail") {
-                counter.fetch_add(1, Ordering::Relaxed);
+            if echo {
+                println!("{line}");
             }
         }
     });
-    ServerProcess {
-        child,
-        addr,
-        torn_tail_warnings,
-    }
+    ServerProcess { child, addr }
 }
 
 impl ServerProcess {
@@ -98,9 +88,27 @@ impl ServerProcess {
     /// SIGTERM, then the exit status (bounded).
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         self.signal("-TERM");
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        within("runstore to exit after SIGTERM", self.child.wait())
             .await
-            .expect("exits within the grace period")
             .expect("wait")
+    }
+
+    /// SIGKILL, and waits until the process is gone.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        within("runstore to die of SIGKILL", self.child.wait())
+            .await
+            .expect("wait");
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
     }
 }

@@ -16,7 +16,6 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -39,7 +38,7 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    helpers::{SERVICE_NAME, complete_request, ts},
+    helpers::{Backend, SERVICE_NAME, TestStore, complete_request, ts},
     server_process::start_server,
 };
 
@@ -137,13 +136,13 @@ async fn watch_health(
 
 /// SIGTERM under load, then restart and check what is stored. With
 /// `shutdown_delay`, also sends `LATE_CALLS` calls once NOT_SERVING is seen.
-async fn sigterm_under_load(label: &str, shutdown_delay: Option<&str>) {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn sigterm_under_load(backend: Backend, label: &str, shutdown_delay: Option<&str>) {
+    let store = TestStore::fresh(backend);
     let mut args = vec!["--shutdown-grace", "20s", "--health-interval", "100ms"];
     if let Some(delay) = shutdown_delay {
         args.extend(["--shutdown-delay", delay]);
     }
-    let mut server = start_server(dir.path(), &args).await;
+    let mut server = start_server(&store, &args).await;
     let (not_serving_tx, not_serving) = oneshot::channel();
     let watcher = watch_health(server.channel().await, not_serving_tx).await;
 
@@ -248,13 +247,13 @@ async fn sigterm_under_load(label: &str, shutdown_delay: Option<&str>) {
     );
     assert!(in_flight > 0, "SIGTERM came after every call had finished");
 
-    check_after_restart(dir.path(), &written, &refused).await;
+    check_after_restart(&store, &written, &refused).await;
 }
 
 /// Restarts on the data dir: every written run is there in full, every
 /// refused one left nothing, and nothing else was recorded.
-async fn check_after_restart(data_dir: &Path, written: &[&CallResult], refused: &[&CallResult]) {
-    let server = start_server(data_dir, &[]).await;
+async fn check_after_restart(store: &TestStore, written: &[&CallResult], refused: &[&CallResult]) {
+    let server = start_server(store, &[]).await;
     let mut client = server.client().await;
     let mut snapshot = HashMap::new();
     for n in 0..TASKS {
@@ -310,28 +309,23 @@ async fn check_after_restart(data_dir: &Path, written: &[&CallResult], refused: 
         assert_eq!(err.code(), Code::NotFound, "{key:?}: {err}");
     }
     assert_eq!(snapshot.len(), written.len(), "nothing else was recorded");
+    let counts = store.db().row_counts();
+    assert_eq!(
+        (counts.snapshot_entries, counts.manifests),
+        (written.len() as i64, written.len() as i64),
+        "nothing else was stored: {counts:?}"
+    );
+    assert!(counts.tasks <= TASKS as i64, "{counts:?}");
     let status = server.terminate().await;
     assert_eq!(status.code(), Some(0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_under_load_finishes_admitted_calls_and_refuses_the_rest() {
-    crate::helpers::within_test_limit(
-        "sigterm_under_load_finishes_admitted_calls_and_refuses_the_rest",
-        async move {
-            sigterm_under_load("no shutdown delay", None).await;
-        },
-    )
-    .await
+async fn sigterm_under_load_finishes_admitted_calls_and_refuses_the_rest(backend: Backend) {
+    sigterm_under_load(backend, "no shutdown delay", None).await;
 }
+contract_test!(sigterm_under_load_finishes_admitted_calls_and_refuses_the_rest);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_under_load_refuses_every_call_sent_after_not_serving() {
-    crate::helpers::within_test_limit(
-        "sigterm_under_load_refuses_every_call_sent_after_not_serving",
-        async move {
-            sigterm_under_load("--shutdown-delay 1s", Some("1s")).await;
-        },
-    )
-    .await
+async fn sigterm_under_load_refuses_every_call_sent_after_not_serving(backend: Backend) {
+    sigterm_under_load(backend, "--shutdown-delay 1s", Some("1s")).await;
 }
+contract_test!(sigterm_under_load_refuses_every_call_sent_after_not_serving);

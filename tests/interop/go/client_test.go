@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -49,12 +48,13 @@ func TestReadmeQuotesClient(t *testing.T) {
 	}
 }
 
-// recorder forwards to a real client, or answers CompleteRun from replies
-// (the last one repeats) when it has no client, and records every request
-// with the deadline it carried.
+// recorder forwards to a real client (recording its CompleteRun replies in
+// answers), or answers CompleteRun from replies (the last one repeats) when
+// it has no client, and records every request with the deadline it carried.
 type recorder struct {
 	pb.PersistenceServiceClient
 	replies []*pb.CompleteRunResponse
+	answers []*pb.CompleteRunResponse
 
 	mu        sync.Mutex
 	runs      []*pb.CompleteRunRequest
@@ -74,7 +74,11 @@ func (r *recorder) CompleteRun(ctx context.Context, req *pb.CompleteRunRequest,
 	r.note(ctx)
 	r.mu.Unlock()
 	if r.PersistenceServiceClient != nil {
-		return r.PersistenceServiceClient.CompleteRun(ctx, req, opts...)
+		reply, err := r.PersistenceServiceClient.CompleteRun(ctx, req, opts...)
+		r.mu.Lock()
+		r.answers = append(r.answers, reply)
+		r.mu.Unlock()
+		return reply, err
 	}
 	reply := r.replies[0]
 	if len(r.replies) > 1 {
@@ -96,7 +100,7 @@ func (r *recorder) GetTaskSnapshot(ctx context.Context, req *pb.GetTaskSnapshotR
 func failed(code string, retryable bool) *pb.CompleteRunResponse {
 	manifest := &pb.WriteStatus{
 		Target: pb.WriteTarget_WRITE_TARGET_MANIFEST, State: pb.WriteState_WRITE_STATE_FAILED,
-		Code: code, Message: "injected", Retryable: retryable, Location: "runs/t/r/manifest.json",
+		Code: code, Message: "injected", Retryable: retryable, Location: "manifests/t/r",
 	}
 	return &pb.CompleteRunResponse{
 		Snapshot: &pb.WriteStatus{
@@ -166,14 +170,9 @@ func TestRecordRunSucceedsAtOnce(t *testing.T) {
 func TestRetryStopsAtNonRetryableWrite(t *testing.T) {
 	dir := t.TempDir()
 	client := pb.NewPersistenceServiceClient(connect(t, startServerIn(t, dir)))
-	// A file where the task's manifest directory must go: FAILED_PRECONDITION,
-	// not retryable. The snapshot is still written.
-	if err := os.MkdirAll(filepath.Join(dir, "runs"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "runs", "blocked"), []byte("in the way"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	// A trigger refuses the task's manifests: FAILED_PRECONDITION, not
+	// retryable. The snapshot is still written.
+	refuseWrites(t, dir, "manifests", "blocked")
 	rec := &recorder{PersistenceServiceClient: client}
 
 	resp, err := CompleteRunWithRetry(bounded(t), rec, "blocked", "r1", time.Now(), []byte(`{}`), noSleep(t))
@@ -188,11 +187,12 @@ func TestRetryStopsAtNonRetryableWrite(t *testing.T) {
 	}
 	s := writeErr.Status
 	if s.GetTarget() != pb.WriteTarget_WRITE_TARGET_MANIFEST || s.GetCode() != "FAILED_PRECONDITION" ||
-		s.GetLocation() != "runs/blocked/r1/manifest.json" {
-		t.Errorf("primary_error = %v, want the manifest, FAILED_PRECONDITION", s)
+		s.GetLocation() != "manifests/blocked/r1" || !strings.Contains(s.GetMessage(), "injected fault") {
+		t.Errorf("primary_error = %v, want the manifest, FAILED_PRECONDITION at manifests/blocked/r1", s)
 	}
-	if resp.GetSnapshot().GetState() != pb.WriteState_WRITE_STATE_WRITTEN {
-		t.Errorf("snapshot = %v, want written", resp.GetSnapshot())
+	if snap := resp.GetSnapshot(); snap.GetState() != pb.WriteState_WRITE_STATE_WRITTEN ||
+		snap.GetLocation() != "snapshot_entries/blocked/r1" {
+		t.Errorf("snapshot = %v, want written at snapshot_entries/blocked/r1", snap)
 	}
 	if len(rec.runs) != 1 {
 		t.Errorf("%d CompleteRun calls, want 1", len(rec.runs))
@@ -264,6 +264,46 @@ func TestRetryBacksOffWithTheSameRequest(t *testing.T) {
 	}
 	within(t, "first wait", waits[0], 100*time.Millisecond, 200*time.Millisecond)
 	within(t, "second wait", waits[1], 200*time.Millisecond, 400*time.Millisecond)
+}
+
+// A retryable failure from the real server: another process holds the
+// database's write lock longer than --lock-timeout, so both writes fail with
+// ABORTED, retryable. The lock is released during the first wait, and the
+// retry writes both.
+func TestRetryUntilTheLockIsReleased(t *testing.T) {
+	dir := t.TempDir()
+	s := startServerIn(t, dir, "--lock-timeout", "200ms")
+	rec := &recorder{PersistenceServiceClient: pb.NewPersistenceServiceClient(connect(t, s))}
+	release := holdWriteLock(t, dir)
+	var waits []time.Duration
+	r := Retry{Attempts: 3, BaseDelay: 50 * time.Millisecond, MaxDelay: time.Second,
+		Sleep: func(_ context.Context, d time.Duration) error {
+			waits = append(waits, d)
+			release()
+			return nil
+		}}
+
+	resp, err := CompleteRunWithRetry(bounded(t), rec, "locked", "r1", time.Now(), []byte(`{}`), r)
+
+	if err != nil || resp.GetOutcome() != pb.Outcome_OUTCOME_ALL_WRITTEN {
+		t.Fatalf("= %v, %v; want both written after the release", resp, err)
+	}
+	if len(rec.runs) != 2 || len(waits) != 1 {
+		t.Fatalf("%d calls and waits %v, want 2 calls and 1 wait", len(rec.runs), waits)
+	}
+	first := rec.answers[0]
+	for _, w := range []*pb.WriteStatus{first.GetSnapshot(), first.GetManifest()} {
+		if w.GetState() != pb.WriteState_WRITE_STATE_FAILED || w.GetCode() != "ABORTED" || !w.GetRetryable() {
+			t.Errorf("first attempt's %v = %v, want FAILED, ABORTED, retryable", w.GetTarget(), w)
+		}
+	}
+	if first.GetOutcome() != pb.Outcome_OUTCOME_NONE_WRITTEN ||
+		first.GetPrimaryError().GetTarget() != pb.WriteTarget_WRITE_TARGET_MANIFEST {
+		t.Errorf("first attempt = %v, want OUTCOME_NONE_WRITTEN with the manifest's error", first)
+	}
+	if loc := resp.GetManifest().GetLocation(); loc != "manifests/locked/r1" {
+		t.Errorf("manifest location = %q, want manifests/locked/r1", loc)
+	}
 }
 
 func TestRetryGivesUpAfterItsAttempts(t *testing.T) {

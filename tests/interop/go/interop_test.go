@@ -149,7 +149,8 @@ func (b *logBuffer) String() string {
 	return b.buf.String()
 }
 
-// connect dials the server and waits until its health reports SERVING.
+// connect dials the server and waits until it is ready: the persistence
+// service's health SERVING.
 func connect(t *testing.T, s *server) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -157,12 +158,13 @@ func connect(t *testing.T, s *server) *grpc.ClientConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	waitServing(t, healthpb.NewHealthClient(conn), "")
+	waitServing(t, healthpb.NewHealthClient(conn), serviceName)
 	return conn
 }
 
-// waitServing watches the health of service until it is SERVING; the server
-// starts NOT_SERVING until its first storage probe write succeeds.
+// waitServing watches the health of service until it is SERVING; readiness
+// (the persistence service) starts NOT_SERVING until the first storage probe
+// write succeeds, liveness ("") is SERVING from the start.
 func waitServing(t *testing.T, health healthpb.HealthClient, service string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)

@@ -3,10 +3,8 @@ package interop
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -86,57 +84,36 @@ func TestProbeFailsDuringShutdownDelay(t *testing.T) {
 	s.stop(t)
 }
 
+// Readiness follows storage, liveness does not: while another process holds
+// the database's write lock longer than --lock-timeout, the storage probe's
+// write fails, so the persistence service is NOT_SERVING (the pod leaves its
+// Service) while "" stays SERVING (it is not restarted); both are SERVING
+// again once the lock is released.
 func TestProbeFailsUntilStorageWritable(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: a read-only bind mount is the only way to deny root writes")
-	}
 	dir := t.TempDir()
-	for _, sub := range []string{"runs", "tasks"} {
-		if err := os.Mkdir(filepath.Join(dir, sub), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := mount("--bind", dir, dir); err != nil {
-		t.Skipf("cannot bind-mount the data dir: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := run("umount", dir); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	if err := mount("-o", "remount,ro,bind", dir); err != nil {
-		t.Skipf("cannot remount the data dir read-only: %v", err)
-	}
-
-	s := startServerIn(t, dir, "--health-interval", "200ms")
-
-	code := probeUntil(t, s.addr, "", notServing)
-	if code != probeNotServing {
-		t.Fatalf("grpc-health-probe on read-only storage exited %d, want %d", code, probeNotServing)
-	}
-	// Not just the start-up window: it stays NOT_SERVING across several
-	// storage probes while the data dir refuses writes.
-	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
-		if code := probe(t, s.addr, ""); code != probeNotServing {
-			t.Fatalf("grpc-health-probe on read-only storage exited %d, want %d", code, probeNotServing)
-		}
-	}
-
-	if err := mount("-o", "remount,rw,bind", dir); err != nil {
-		t.Fatal(err)
-	}
-	probeUntil(t, s.addr, "", serving)
+	s := startServerIn(t, dir, "--lock-timeout", "200ms", "--health-interval", "200ms")
 	probeUntil(t, s.addr, serviceName, serving)
-}
 
-func mount(args ...string) error { return run("mount", args...) }
+	release := holdWriteLock(t, dir)
 
-// run runs a short system command, reporting its output on failure.
-func run(name string, args ...string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, name, args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("%s %v: %w: %s", name, args, err, out)
+	code := probeUntil(t, s.addr, serviceName, notServing)
+	if code != probeNotServing {
+		t.Fatalf("grpc-health-probe -service=%s with the lock held exited %d, want %d", serviceName, code, probeNotServing)
 	}
-	return nil
+	// Not one failed probe: it stays NOT_SERVING across several storage
+	// probes while the lock is held, and liveness stays SERVING throughout.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if code := probe(t, s.addr, serviceName); code != probeNotServing {
+			t.Fatalf("grpc-health-probe -service=%s with the lock held exited %d, want %d", serviceName, code, probeNotServing)
+		}
+		if code := probe(t, s.addr, ""); code != 0 {
+			t.Fatalf("grpc-health-probe -service=\"\" (liveness) with the lock held exited %d, want 0", code)
+		}
+	}
+
+	release()
+	probeUntil(t, s.addr, serviceName, serving)
+	if code := probe(t, s.addr, ""); code != 0 {
+		t.Errorf("grpc-health-probe -service=\"\" (liveness) after the release exited %d, want 0", code)
+	}
 }

@@ -4,7 +4,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { constants, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -79,8 +79,9 @@ after(async () => {
 });
 
 test("health: SERVING for the server and for PersistenceService", async () => {
-  // NOT_SERVING briefly at start, until the first storage probe write
-  // succeeds: watch, with a deadline, until SERVING.
+  // PersistenceService (readiness) is NOT_SERVING briefly at start, until the
+  // first storage probe write succeeds; "" (liveness) is SERVING from the
+  // start. Watch each, with a deadline, until SERVING.
   for (const service of ["", PERSISTENCE_SERVICE]) {
     const watch = client.healthService.watch({ service }, { deadline: Date.now() + 10_000 });
     try {
@@ -196,7 +197,7 @@ function scripted(replies) {
 function failed(code = "UNAVAILABLE", retryable = true) {
   const manifest = {
     target: "WRITE_TARGET_MANIFEST", state: "WRITE_STATE_FAILED", code, message: "injected", retryable,
-    location: "runs/t/r/manifest.json",
+    location: "manifests/t/r",
   };
   const snapshot = { target: "WRITE_TARGET_SNAPSHOT", state: "WRITE_STATE_WRITTEN", code: "OK" };
   return { snapshot, manifest, outcome: "OUTCOME_MANIFEST_FAILED", primaryError: manifest };
@@ -206,10 +207,23 @@ const WRITTEN_REPLY = { outcome: "OUTCOME_ALL_WRITTEN", primaryError: null };
 
 const noSleep = async (ms) => assert.fail(`retried (waited ${ms} ms) where it should not have`);
 
-/** Places a file where the task's manifest directory must go: FAILED_PRECONDITION, not retryable. */
-function blockManifests(task) {
-  mkdirSync(join(dataDir, "runs"), { recursive: true });
-  writeFileSync(join(dataDir, "runs", task), "in the way");
+/**
+ * Makes every manifest write of `task` fail for good: triggers that RAISE on
+ * INSERT and UPDATE of its `manifests` rows, created in the running server's
+ * database with the sqlite3 command (tests/interop/node/run installs it). The
+ * server sees them on its next statement; a RAISE is a constraint failure,
+ * so the manifest write is FAILED_PRECONDITION, not retryable, and the
+ * snapshot is still written.
+ */
+async function blockManifests(task) {
+  const sql = ["INSERT", "UPDATE"]
+    .map((event) =>
+      `CREATE TRIGGER "doomed_manifests_${event.toLowerCase()}_${task}" BEFORE ${event} ON manifests ` +
+      `WHEN NEW.task_id = '${task}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END;`)
+    .join("\n");
+  await promisify(execFile)("sqlite3", ["-bail", "-cmd", ".timeout 5000", join(dataDir, "runstore.db"), sql], {
+    timeout: 10_000,
+  });
 }
 
 test("completeRunWithRetry: resolves at once when both writes are durable", async () => {
@@ -229,7 +243,7 @@ test("completeRunWithRetry: resolves at once when both writes are durable", asyn
 });
 
 test("completeRunWithRetry: throws at once on a write that is not retryable", async () => {
-  blockManifests("node-blocked");
+  await blockManifests("node-blocked");
   const { client: c, calls } = spied();
   try {
     const blocked = { taskId: "node-blocked", runId: "r1", timestamp: TIMESTAMP, summaryJson: "{}" };
@@ -238,8 +252,10 @@ test("completeRunWithRetry: throws at once on a write that is not retryable", as
       assert.equal(err.response.outcome, "OUTCOME_MANIFEST_FAILED");
       assert.equal(err.error.target, "WRITE_TARGET_MANIFEST");
       assert.equal(err.error.code, "FAILED_PRECONDITION");
-      assert.equal(err.error.location, "runs/node-blocked/r1/manifest.json");
+      assert.equal(err.error.location, "manifests/node-blocked/r1");
+      assert.match(err.error.message, /injected fault/);
       assert.equal(err.response.snapshot.state, "WRITE_STATE_WRITTEN");
+      assert.equal(err.response.snapshot.location, "snapshot_entries/node-blocked/r1");
       assert.equal(err.retryable, false);
       assert.equal(err.attempts, 1);
       return true;
@@ -381,11 +397,11 @@ async function cli(...args) {
 test("client.mjs as a command records the fixture", async () => {
   const { code, stdout, stderr } = await cli(address, FIXTURE);
   assert.equal(code, 0, stderr);
-  assert.match(stdout, new RegExp(`^OUTCOME_ALL_WRITTEN: manifest runs/${taskId}/${runId}/manifest.json`));
+  assert.match(stdout, new RegExp(`^OUTCOME_ALL_WRITTEN: manifest manifests/${taskId}/${runId}, snapshot snapshot_entries/${taskId}/${runId}$`, "m"));
 });
 
 test("client.mjs as a command alerts when the run is not persisted", async () => {
-  blockManifests("node-cli-blocked");
+  await blockManifests("node-cli-blocked");
   const dir = mkdtempSync(join(tmpdir(), "runstore-node-cli-"));
   const file = join(dir, "run-summary.json");
   writeFileSync(file, JSON.stringify({ taskId: "node-cli-blocked", runId: "r1", timestamp: TIMESTAMP }));
@@ -393,6 +409,7 @@ test("client.mjs as a command alerts when the run is not persisted", async () =>
     const { code, stderr } = await cli(address, file);
     assert.equal(code, 1);
     assert.match(stderr, /^run node-cli-blocked\/r1 not persisted after 1 attempt\(s\): .*FAILED_PRECONDITION/);
+    assert.match(stderr, /manifests\/node-cli-blocked\/r1/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -6,10 +6,12 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import grpc
@@ -26,6 +28,7 @@ RUNSTORE_BIN = os.environ.get("RUNSTORE_BIN", str(REPO / "target/release/runstor
 FIXTURE = REPO / "tests/fixtures/run-summary.json"
 TIMESTAMP = "2026-01-05T19:26:37.274Z"
 SERVICE = "orchestrator.persistence.v1.PersistenceService"
+DATABASE = "runstore.db"  # the server's SQLite database, inside its data dir
 
 
 @pytest.fixture
@@ -59,12 +62,12 @@ def server(data_dir):
     try:
         listening = addr.get(timeout=30)
         assert listening, f"runstore exited before listening (exit code {proc.wait(timeout=30)})"
-        # Ready once it answers: SERVING (NOT_SERVING until its first storage
-        # probe). It logs "listening" before it handles SIGTERM, so a test that
-        # never reaches it (a call that fails in the client) would otherwise
-        # stop it by SIGTERM's default action, not a clean exit.
+        # Ready once the persistence service's health is SERVING (readiness:
+        # NOT_SERVING until its first storage probe write succeeds; liveness,
+        # "", is SERVING from the start).
         with grpc.insecure_channel(listening) as ch:
-            watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            watch = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
             try:
                 assert any(r.status == health_pb2.HealthCheckResponse.SERVING for r in watch)
             finally:
@@ -81,6 +84,20 @@ def server(data_dir):
         finally:
             reader.join(timeout=30)
     assert code == 0, f"runstore exited with {code} after SIGTERM"
+
+
+def refuse_writes(data_dir, table, task_id):
+    """Makes every write of `task_id` to `table` fail for good: a trigger that
+    RAISEs on INSERT and UPDATE (a rewritten run is an upsert), created in the
+    running server's database. The server sees it on its next statement; a
+    RAISE is a constraint failure, so the write is FAILED_PRECONDITION, not
+    retryable, and the call's other write is unaffected."""
+    with closing(sqlite3.connect(data_dir / DATABASE, timeout=10, isolation_level=None)) as db:
+        for event in ("INSERT", "UPDATE"):
+            db.execute(f"""
+                CREATE TRIGGER doomed_{table}_{event.lower()} BEFORE {event} ON {table}
+                WHEN NEW.task_id = '{task_id}'
+                BEGIN SELECT RAISE(ABORT, 'injected fault'); END""")
 
 
 @pytest.fixture
@@ -163,8 +180,9 @@ def test_invalid_task_id_is_rejected(stub, summary, call):
 
 def test_health_serving(channel):
     health = health_pb2_grpc.HealthStub(channel)
-    # NOT_SERVING until the first storage probe succeeds: watch, bounded, for SERVING.
-    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    # Readiness is NOT_SERVING until the first storage probe succeeds: watch,
+    # bounded, for SERVING.
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
     try:
         assert any(r.status == health_pb2.HealthCheckResponse.SERVING for r in watch)
     finally:
@@ -215,7 +233,7 @@ def no_sleep(delay):
 def failed(code="UNAVAILABLE", retryable=True):
     """A CompleteRun response whose manifest write failed."""
     error = pb.WriteStatus(target=pb.WRITE_TARGET_MANIFEST, state=pb.WRITE_STATE_FAILED, code=code,
-                           message="injected", retryable=retryable, location="runs/t/r/manifest.json")
+                           message="injected", retryable=retryable, location="manifests/t/r")
     ok = pb.WriteStatus(target=pb.WRITE_TARGET_SNAPSHOT, state=pb.WRITE_STATE_WRITTEN, code="OK")
     return pb.CompleteRunResponse(snapshot=ok, manifest=error, outcome=pb.OUTCOME_MANIFEST_FAILED,
                                   primary_error=error)
@@ -235,10 +253,9 @@ def test_retry_returns_at_once_on_success(stub, summary):
 
 
 def test_retry_raises_at_once_on_a_non_retryable_write(stub, data_dir):
-    # A file where the task's manifest directory must go: FAILED_PRECONDITION,
-    # not retryable. The snapshot is still written.
-    (data_dir / "runs").mkdir(parents=True, exist_ok=True)
-    (data_dir / "runs" / "blocked").write_text("in the way")
+    # A trigger refuses the task's manifests: FAILED_PRECONDITION, not
+    # retryable. The snapshot is still written.
+    refuse_writes(data_dir, "manifests", "blocked")
     recording = Recording(stub)
     with pytest.raises(RunNotPersisted) as err:
         complete_run_with_retry(recording, "blocked", "r1", TIMESTAMP, "{}", sleep=no_sleep)
@@ -246,8 +263,10 @@ def test_retry_raises_at_once_on_a_non_retryable_write(stub, data_dir):
     assert (e.outcome, e.retryable, e.attempts) == ("OUTCOME_MANIFEST_FAILED", False, 1)
     assert (e.error.target, e.error.state) == (pb.WRITE_TARGET_MANIFEST, pb.WRITE_STATE_FAILED)
     assert e.error.code == "FAILED_PRECONDITION"
-    assert e.error.location == "runs/blocked/r1/manifest.json"
+    assert e.error.location == "manifests/blocked/r1"
+    assert "injected fault" in e.error.message
     assert e.response.snapshot.state == pb.WRITE_STATE_WRITTEN
+    assert e.response.snapshot.location == "snapshot_entries/blocked/r1"
     assert len(recording.calls) == 1
 
 
@@ -349,16 +368,17 @@ def test_cli_records_the_fixture(server, stub, summary):
     text, task_id, run_id = summary
     code, out, err = run_cli(server, str(FIXTURE), TIMESTAMP)
     assert code == 0, err
-    assert f"WRITE_TARGET_MANIFEST: runs/{task_id}/{run_id}/manifest.json" in out
+    assert f"WRITE_TARGET_SNAPSHOT: snapshot_entries/{task_id}/{run_id} " in out
+    assert f"WRITE_TARGET_MANIFEST: manifests/{task_id}/{run_id} " in out
     m = stub.GetManifest(pb.GetManifestRequest(task_id=task_id, run_id=run_id), timeout=10)
     assert m.summary_json == text
 
 
 def test_cli_alerts_when_the_run_is_not_persisted(server, data_dir, summary):
     _, task_id, run_id = summary
-    (data_dir / "runs").mkdir(parents=True, exist_ok=True)
-    (data_dir / "runs" / task_id).write_text("in the way")
+    refuse_writes(data_dir, "manifests", task_id)
     code, _, err = run_cli(server, str(FIXTURE), TIMESTAMP)
     assert code == 1
     assert f"run {task_id}/{run_id} not persisted after 1 attempt(s)" in err
     assert "FAILED_PRECONDITION" in err
+    assert f"location=manifests/{task_id}/{run_id}" in err

@@ -209,10 +209,11 @@ public final class RunstoreClient {
 
   /**
    * Whether the same CompleteRun may succeed later: a failed write the server marks {@code
-   * retryable} (storage full, read-only or failing I/O), or a call that failed with UNAVAILABLE
-   * (server shutting down or unreachable) or DEADLINE_EXCEEDED (the writes went on; a retry is
-   * safe). Not INVALID_ARGUMENT, nor RESOURCE_EXHAUSTED (an oversized summary stays oversized;
-   * the same code also sheds load past --max-in-flight, which a caller may choose to retry).
+   * retryable} (database locked by another process, storage full, read-only or failing I/O), or a
+   * call that failed with UNAVAILABLE (server shutting down or unreachable) or DEADLINE_EXCEEDED
+   * (the writes went on; a retry is safe). Not a call that failed INVALID_ARGUMENT, nor
+   * RESOURCE_EXHAUSTED (an oversized summary stays oversized; the same code also sheds load past
+   * --max-in-flight, which a caller may choose to retry).
    */
   public static boolean isRetryable(RuntimeException failure) {
     if (failure instanceof RunNotPersistedException notPersisted) {

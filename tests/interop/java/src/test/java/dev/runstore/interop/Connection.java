@@ -42,10 +42,10 @@ final class Connection implements AutoCloseable {
     recording = ClientInterceptors.intercept(managed, new Recorder());
   }
 
-  /** Dials the server and waits, bounded, until its health reports SERVING. */
+  /** Dials the server and waits, bounded, until it is ready: the service's health SERVING. */
   static Connection open(RunstoreServer server) {
     Connection connection = new Connection(server.address());
-    connection.waitFor("", ServingStatus.SERVING);
+    connection.waitFor(InteropTest.SERVICE, ServingStatus.SERVING);
     return connection;
   }
 
@@ -70,7 +70,8 @@ final class Connection implements AutoCloseable {
 
   /**
    * Watches the health of {@code service} until it reports {@code wanted}, for at most the RPC
-   * deadline. The server starts NOT_SERVING until its first storage probe write succeeds.
+   * deadline. Readiness (the persistence service) starts NOT_SERVING until the first storage probe
+   * write succeeds; liveness ("") is SERVING from the start until shutdown.
    */
   void waitFor(String service, ServingStatus wanted) {
     HealthCheckRequest request = HealthCheckRequest.newBuilder().setService(service).build();

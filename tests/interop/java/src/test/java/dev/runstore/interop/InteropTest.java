@@ -17,10 +17,8 @@ import io.grpc.StatusRuntimeException;
 import io.grpc.health.v1.HealthCheckRequest;
 import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
 import io.grpc.protobuf.StatusProto;
-import java.io.IOException;
 import java.math.BigInteger;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
@@ -105,8 +103,11 @@ class InteropTest {
     assertWritten(response.getManifest(), WriteTarget.WRITE_TARGET_MANIFEST);
     assertEquals(fixture.bytes().length, response.getManifest().getBytes(), "manifest bytes");
     assertEquals(
-        "runs/" + fixture.taskId() + "/" + fixture.runId() + "/manifest.json",
+        "manifests/" + fixture.taskId() + "/" + fixture.runId(),
         response.getManifest().getLocation());
+    assertEquals(
+        "snapshot_entries/" + fixture.taskId() + "/" + fixture.runId(),
+        response.getSnapshot().getLocation());
   }
 
   static void assertWritten(WriteStatus status, WriteTarget target) {
@@ -316,11 +317,10 @@ class InteropTest {
   }
 
   @Test
-  void retryGivesUpAtOnceOnANonRetryableWriteFailure() throws IOException {
-    // A regular file where the task's manifest directory must go: the manifest write fails
-    // FAILED_PRECONDITION, not retryable, while the snapshot is written.
-    Path blocker = server.dataDir().resolve("runs").resolve(fixture.taskId());
-    Files.writeString(blocker, "in the way");
+  void retryGivesUpAtOnceOnANonRetryableWriteFailure() {
+    // A trigger refuses the task's manifests: the manifest write fails FAILED_PRECONDITION, not
+    // retryable, while the snapshot is written.
+    Database.refuseWrites(server.dataDir(), "manifests", fixture.taskId());
     List<RuntimeException> retried = new ArrayList<>();
 
     RunNotPersistedException error =
@@ -336,13 +336,15 @@ class InteropTest {
     assertEquals(WriteTarget.WRITE_TARGET_MANIFEST, primary.getTarget());
     assertEquals(WriteState.WRITE_STATE_FAILED, primary.getState());
     assertEquals("FAILED_PRECONDITION", primary.getCode());
+    assertEquals("manifests/" + fixture.taskId() + "/" + fixture.runId(), primary.getLocation());
+    assertTrue(primary.getMessage().contains("injected fault"), primary::getMessage);
     assertFalse(error.retryable());
     assertWritten(error.response().getSnapshot(), WriteTarget.WRITE_TARGET_SNAPSHOT);
     assertEquals(List.of(), retried);
     assertEquals(1, connection.completeRunRequests().size(), "CompleteRun calls");
 
-    // Once the obstacle is gone, the same call writes both.
-    Files.delete(blocker);
+    // Once the trigger is gone, the same call writes both.
+    Database.allowWrites(server.dataDir(), "manifests");
     assertEquals(Outcome.OUTCOME_ALL_WRITTEN, recordFixture().getOutcome());
   }
 

@@ -4,16 +4,11 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assertions.fail;
-import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import dev.runstore.interop.RunstoreClient.RunNotPersistedException;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
-import java.io.IOException;
-import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -31,7 +26,8 @@ import org.junit.jupiter.api.io.TempDir;
 
 /**
  * The retry helper against failures it should retry: the server shutting down (UNAVAILABLE calls)
- * and storage that refuses writes (a retryable primary_error). Each test runs its own server.
+ * and a database another process keeps locked (an ABORTED, retryable primary_error). Each test
+ * runs its own server.
  */
 @Timeout(value = 120, unit = TimeUnit.SECONDS)
 class RetryTest {
@@ -86,59 +82,53 @@ class RetryTest {
   void retriesARetryableWriteFailureUntilItIsWritten() throws Exception {
     Fixture fixture = Fixture.load();
     Path data = tmp.resolve("data");
-    Files.createDirectories(data.resolve("runs"));
-    Files.createDirectories(data.resolve("tasks"));
-    // Read-only storage, the one way to refuse root's writes: a bind mount remounted read-only.
-    assumeTrue(system("mount", "--bind", data.toString(), data.toString()),
-        "needs root: cannot bind-mount the data dir");
-    try {
-      assumeTrue(system("mount", "-o", "remount,ro,bind", data.toString()),
-          "cannot remount the data dir read-only");
-      List<Retry> retries = new ArrayList<>();
-      try (RunstoreServer server = RunstoreServer.start(data, "--health-interval", "200ms");
-          Connection connection = new Connection(server.address())) {
-        connection.waitFor("", ServingStatus.NOT_SERVING);
-        RunstoreClient client = new RunstoreClient(connection.channel(), Connection.RPC_DEADLINE);
+    List<Retry> retries = new ArrayList<>();
+    try (RunstoreServer server =
+            RunstoreServer.start(data, "--lock-timeout", "200ms", "--health-interval", "200ms");
+        Connection connection = Connection.open(server);
+        // Another process holds the database's write lock longer than --lock-timeout: the
+        // server's writes fail with ABORTED, retryable, and it turns unready.
+        Database.WriteLock lock = Database.holdWriteLock(data)) {
+      connection.waitFor(InteropTest.SERVICE, ServingStatus.NOT_SERVING);
+      connection.waitFor("", ServingStatus.SERVING); // liveness does not follow storage
+      RunstoreClient client = new RunstoreClient(connection.channel(), Connection.RPC_DEADLINE);
 
-        CompleteRunResponse response =
-            client.completeRunWithRetry(
-                fixture.taskId(), fixture.runId(), Fixture.FINISHED_AT, fixture.text(),
-                InteropTest.QUICK_RETRY,
-                (attempt, backoff, cause) -> {
-                  retries.add(new Retry(attempt, backoff, cause));
-                  // The operator frees the storage while the client backs off.
-                  if (!system("mount", "-o", "remount,rw,bind", data.toString())) {
-                    fail("cannot remount the data dir read-write");
-                  }
-                });
+      CompleteRunResponse response =
+          client.completeRunWithRetry(
+              fixture.taskId(), fixture.runId(), Fixture.FINISHED_AT, fixture.text(),
+              InteropTest.QUICK_RETRY,
+              (attempt, backoff, cause) -> {
+                retries.add(new Retry(attempt, backoff, cause));
+                // The other process commits while the client backs off.
+                lock.close();
+              });
 
-        assertEquals(Outcome.OUTCOME_ALL_WRITTEN, response.getOutcome());
-        assertEquals(1, retries.size(), "retries");
-        RunNotPersistedException first =
-            assertInstanceOf(RunNotPersistedException.class, retries.get(0).cause());
-        assertTrue(first.retryable(), first::getMessage);
-        assertEquals(Outcome.OUTCOME_NONE_WRITTEN, first.outcome());
-        assertEquals(WriteTarget.WRITE_TARGET_MANIFEST, first.primaryError().getTarget(),
-            "the manifest's failure comes first");
-        assertEquals("UNAVAILABLE", first.primaryError().getCode());
-        assertSameRequests(2, connection.completeRunRequests());
+      assertEquals(Outcome.OUTCOME_ALL_WRITTEN, response.getOutcome());
+      assertEquals(1, retries.size(), "retries");
+      RunNotPersistedException first =
+          assertInstanceOf(RunNotPersistedException.class, retries.get(0).cause());
+      assertTrue(first.retryable(), first::getMessage);
+      assertEquals(Outcome.OUTCOME_NONE_WRITTEN, first.outcome());
+      assertEquals(WriteTarget.WRITE_TARGET_MANIFEST, first.primaryError().getTarget(),
+          "the manifest's failure comes first");
+      assertEquals("ABORTED", first.primaryError().getCode());
+      assertEquals("manifests/" + fixture.taskId() + "/" + fixture.runId(),
+          first.primaryError().getLocation());
+      assertEquals("ABORTED", first.response().getSnapshot().getCode());
+      assertTrue(first.response().getSnapshot().getRetryable(), "snapshot retryable");
+      assertSameRequests(2, connection.completeRunRequests());
 
-        String stored =
-            connection
-                .persistence()
-                .getManifest(
-                    GetManifestRequest.newBuilder()
-                        .setTaskId(fixture.taskId())
-                        .setRunId(fixture.runId())
-                        .build())
-                .getSummaryJson();
-        assertEquals(fixture.text(), stored);
-        connection.waitFor("", ServingStatus.SERVING);
-      }
-    } finally {
-      if (!system("umount", data.toString())) {
-        system("umount", "-l", data.toString());
-      }
+      String stored =
+          connection
+              .persistence()
+              .getManifest(
+                  GetManifestRequest.newBuilder()
+                      .setTaskId(fixture.taskId())
+                      .setRunId(fixture.runId())
+                      .build())
+              .getSummaryJson();
+      assertEquals(fixture.text(), stored);
+      connection.waitFor(InteropTest.SERVICE, ServingStatus.SERVING);
     }
   }
 
@@ -147,29 +137,6 @@ class RetryTest {
     assertEquals(attempts, requests.size(), "CompleteRun attempts");
     for (CompleteRunRequest request : requests) {
       assertEquals(requests.get(0), request, "a retry repeats the request");
-    }
-  }
-
-  /** Runs a short system command, bounded; true when it exits 0. */
-  static boolean system(String... command) {
-    try {
-      Process process = new ProcessBuilder(command).redirectErrorStream(true).start();
-      process.getOutputStream().close();
-      if (!process.waitFor(10, TimeUnit.SECONDS)) {
-        process.destroyForcibly();
-        return false;
-      }
-      String output = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
-      if (process.exitValue() != 0) {
-        System.err.println(String.join(" ", command) + ": " + output.strip());
-        return false;
-      }
-      return true;
-    } catch (IOException e) {
-      return false;
-    } catch (InterruptedException e) {
-      Thread.currentThread().interrupt();
-      return false;
     }
   }
 }

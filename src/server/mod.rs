@@ -12,14 +12,19 @@ use tonic::{
     transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 
+pub mod admission;
+pub mod auth;
+pub mod deadline;
+pub mod health;
+
 use crate::{
-    admission::{Admission, DEFAULT_MAX_IN_FLIGHT},
-    auth::BearerTokens,
-    health::{HealthState, monitor_storage},
+    api::{PersistenceApi, ServiceSettings},
     proto::{self, persistence_service_server::PersistenceServiceServer},
-    service::{PersistenceApi, ServiceSettings},
     storage::Storage,
 };
+use admission::{Admission, DEFAULT_MAX_IN_FLIGHT};
+use auth::BearerTokens;
+use health::{HealthState, monitor_storage};
 
 /// TLS material, PEM-encoded.
 #[derive(Clone)]

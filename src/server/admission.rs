@@ -12,7 +12,7 @@ use std::sync::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 /// Default number of persistence calls served at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;

@@ -4,7 +4,7 @@
 use chrono::DateTime;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::{error::ApiError, storage::RunInstant};
+use crate::{api::error::ApiError, storage::RunInstant};
 
 /// Deepest nesting of arrays and objects accepted in a summary: what
 /// serde_json, a common parser downstream, accepts by default.
@@ -12,6 +12,9 @@ pub const MAX_SUMMARY_DEPTH: usize = 127;
 
 /// Longest id in bytes: one path component on common file systems.
 pub const MAX_ID_BYTES: usize = 255;
+/// Longest accepted timestamp: RFC 3339 with nanoseconds is 35 bytes; the
+/// rest is room for longer fractions, which are accepted and ignored.
+pub const MAX_TIMESTAMP_BYTES: usize = 64;
 
 const FORBIDDEN_ID_CHARS: &[char] = &['<', '>', ':', '"', '|', '?', '*', '/', '\\'];
 
@@ -87,6 +90,15 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
 pub fn timestamp(field: &'static str, value: &str) -> Result<RunInstant, ApiError> {
     if value.is_empty() {
         return Err(invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_TIMESTAMP_BYTES {
+        return Err(invalid(
+            field,
+            format!(
+                "must be at most {MAX_TIMESTAMP_BYTES} bytes, got {}",
+                value.len()
+            ),
+        ));
     }
     let parsed = DateTime::parse_from_rfc3339(value).map_err(|err| {
         invalid(

@@ -62,12 +62,12 @@ pub struct FailureClass {
 pub fn storage_failure(err: &StorageError) -> FailureClass {
     let (code, retryable) = match err {
         StorageError::NotFound => (Code::NotFound, false),
-        StorageError::Full(_) => (Code::ResourceExhausted, true),
-        StorageError::ReadOnly(_) => (Code::Unavailable, true),
-        StorageError::PathConflict { .. } => (Code::FailedPrecondition, false),
+        StorageError::Unavailable(_) => (Code::Unavailable, true),
+        StorageError::Exhausted(_) => (Code::ResourceExhausted, true),
+        StorageError::Aborted(_) => (Code::Aborted, true),
         StorageError::Corrupt(_) => (Code::DataLoss, false),
-        StorageError::Io(_) => (Code::Unavailable, true),
-        StorageError::TaskFailed(_) => (Code::Internal, false),
+        StorageError::Invalid(_) => (Code::FailedPrecondition, false),
+        StorageError::Internal(_) => (Code::Internal, false),
     };
     FailureClass { code, retryable }
 }

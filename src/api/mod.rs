@@ -1,4 +1,14 @@
 //! The gRPC handlers: validate, dispatch both writes, build the reply.
+//!
+//! - [`validate`]: id, timestamp and JSON rules.
+//! - [`write_report`]: per-write statuses and the manifest-first outcome.
+//! - [`error`]: API errors and the one mapping of errors to gRPC codes.
+//! - [`page_token`]: the opaque GetTaskSnapshot page token.
+
+pub mod error;
+pub mod page_token;
+pub mod validate;
+pub mod write_report;
 
 use std::{sync::Arc, time::Instant};
 
@@ -7,26 +17,32 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, field};
 
 use crate::{
-    admission::{Admission, AdmittedCall},
-    deadline,
-    error::ApiError,
-    page_token,
     proto::{
         CompleteRunRequest, CompleteRunResponse, GetManifestRequest, GetManifestResponse,
         GetTaskSnapshotRequest, GetTaskSnapshotResponse, RunEntry, WriteStatus, WriteTarget,
         persistence_service_server::PersistenceService,
     },
-    storage::{RunRecord, Storage, StorageError},
-    validate,
-    write_report::{complete_run_response, write_status},
+    server::{
+        admission::{Admission, AdmittedCall},
+        deadline,
+    },
+    storage::{self, RunRecord, Storage, StorageError, Target},
 };
+use error::ApiError;
+use write_report::{complete_run_response, write_status};
 
 /// Runs per GetTaskSnapshot page when the caller does not say.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Most runs per page; larger requests are capped.
 pub const MAX_PAGE_SIZE: usize = 1000;
-/// Default limit on `summary_json`: 4 MiB.
-pub const DEFAULT_MAX_SUMMARY_BYTES: usize = 4 * 1024 * 1024;
+/// Default limit on `summary_json`: 4 MiB − 64 KiB, so that every accepted
+/// manifest, and every page holding it, fits the default 4 MiB receive limit
+/// of gRPC clients with room for the reply's other fields.
+pub const DEFAULT_MAX_SUMMARY_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+/// Summaries from this size on are validated and hashed on the blocking
+/// pool: a 4 MiB summary takes milliseconds of CPU, which would stall every
+/// other call on the async worker.
+const OFFLOAD_SUMMARY_BYTES: usize = 64 * 1024;
 
 /// How CompleteRun schedules its two writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -87,7 +103,7 @@ impl PersistenceApi {
         // Shared with the write tasks: the call's in-flight slot is held
         // until its writes are done, even if the caller stops waiting.
         let call = Arc::new(self.admission.admit()?);
-        let run = Arc::new(self.validate_run(req)?);
+        let run = Arc::new(self.prepare_run(req).await?);
         let writes = async {
             match self.settings.write_mode {
                 WriteMode::Concurrent => self.write_concurrently(run, &call).await,
@@ -111,7 +127,9 @@ impl PersistenceApi {
         Ok(reply)
     }
 
-    fn validate_run(&self, req: CompleteRunRequest) -> Result<RunRecord, ApiError> {
+    /// Validates the request and computes everything both writes need,
+    /// before either is dispatched.
+    async fn prepare_run(&self, req: CompleteRunRequest) -> Result<RunRecord, ApiError> {
         validate::id("task_id", &req.task_id)?;
         validate::id("run_id", &req.run_id)?;
         let instant = validate::timestamp("timestamp", &req.timestamp)?;
@@ -122,14 +140,26 @@ impl PersistenceApi {
                 limit,
             });
         }
-        validate::summary("summary_json", &req.summary_json, &req.task_id, &req.run_id)?;
-        Ok(RunRecord {
-            task_id: req.task_id,
-            run_id: req.run_id,
-            timestamp: req.timestamp,
-            instant,
-            summary_json: req.summary_json,
-        })
+        let paired = self.settings.write_mode == WriteMode::Concurrent;
+        let offload = req.summary_json.len() >= OFFLOAD_SUMMARY_BYTES;
+        let prepare = move || -> Result<RunRecord, ApiError> {
+            validate::summary("summary_json", &req.summary_json, &req.task_id, &req.run_id)?;
+            Ok(RunRecord {
+                sha256: sha256_hex(req.summary_json.as_bytes()),
+                task_id: req.task_id,
+                run_id: req.run_id,
+                timestamp: req.timestamp,
+                instant,
+                summary_json: req.summary_json,
+                paired,
+            })
+        };
+        if !offload {
+            return prepare();
+        }
+        tokio::task::spawn_blocking(prepare)
+            .await
+            .map_err(|err| ApiError::Storage(StorageError::Internal(err.to_string())))?
     }
 
     /// Each write is its own task, so it runs to completion even if the
@@ -211,8 +241,8 @@ impl PersistenceApi {
         err: &tokio::task::JoinError,
     ) -> WriteStatus {
         tracing::error!(?target, error = %err, "write task did not finish");
-        let location = location_of(self.storage.as_ref(), target, run);
-        let failure = Err(StorageError::TaskFailed(err.to_string()));
+        let location = location_of(target, run);
+        let failure = Err(StorageError::Internal(format!("write task: {err}")));
         write_status(target, location, std::time::Duration::ZERO, &failure)
     }
 
@@ -233,7 +263,7 @@ impl PersistenceApi {
             })?;
         let written_at: chrono::DateTime<chrono::Utc> = manifest.written_at.into();
         Ok(GetManifestResponse {
-            sha256: sha256_hex(manifest.summary_json.as_bytes()),
+            sha256: manifest.sha256,
             task_id: req.task_id,
             run_id: req.run_id,
             summary_json: manifest.summary_json,
@@ -297,7 +327,7 @@ async fn timed_write(
     storage: &Arc<dyn Storage>,
     run: Arc<RunRecord>,
 ) -> WriteStatus {
-    let location = location_of(storage.as_ref(), target, &run);
+    let location = location_of(target, &run);
     let started = Instant::now();
     let result = match target {
         WriteTarget::Manifest => storage.write_manifest(run).await,
@@ -309,11 +339,12 @@ async fn timed_write(
     write_status(target, location, started.elapsed(), &result)
 }
 
-fn location_of(storage: &dyn Storage, target: WriteTarget, run: &RunRecord) -> String {
-    match target {
-        WriteTarget::Manifest => storage.manifest_location(&run.task_id, &run.run_id),
-        _ => storage.snapshot_location(&run.task_id),
-    }
+fn location_of(target: WriteTarget, run: &RunRecord) -> String {
+    let target = match target {
+        WriteTarget::Manifest => Target::Manifest,
+        _ => Target::Snapshot,
+    };
+    storage::location(target, &run.task_id, &run.run_id)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

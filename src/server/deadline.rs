@@ -12,7 +12,8 @@ use tonic::metadata::MetadataMap;
 
 /// How much earlier than the transport the service gives up waiting.
 fn margin(timeout: Duration) -> Duration {
-    (timeout / 50).clamp(Duration::from_micros(200), Duration::from_millis(5))
+    // Wide enough that a busy scheduler cannot let the transport win the race.
+    (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(50))
 }
 
 /// How long the handler may wait for the writes, if the caller set a deadline.

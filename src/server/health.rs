@@ -1,5 +1,11 @@
-//! Serving state for `grpc.health.v1`: SERVING only while storage has passed
-//! its latest probe write and shutdown has not begun.
+//! Serving state for `grpc.health.v1`, split as Kubernetes probes need it:
+//!
+//! - `""` is liveness: SERVING from the moment the port is bound until
+//!   shutdown begins, whatever storage does, so a full disk or a database
+//!   outage makes the pod unready instead of restarting it;
+//! - the persistence service's name is readiness: SERVING only while
+//!   storage passed its latest probe (a real durable write) and shutdown has
+//!   not begun.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,16 +15,14 @@ use tonic::server::NamedService;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    proto::persistence_service_server::PersistenceServiceServer, service::PersistenceApi,
+    api::PersistenceApi, proto::persistence_service_server::PersistenceServiceServer,
     storage::Storage,
 };
 
-/// The service names whose status is reported: the whole server ("") and
-/// the persistence service.
-const SERVICE_NAMES: [&str; 2] = [
-    "",
-    <PersistenceServiceServer<PersistenceApi> as NamedService>::NAME,
-];
+/// Liveness: the process.
+const LIVENESS: &str = "";
+/// Readiness: the persistence service and its storage.
+const READINESS: &str = <PersistenceServiceServer<PersistenceApi> as NamedService>::NAME;
 
 #[derive(Debug, Default)]
 struct Inputs {
@@ -36,7 +40,8 @@ pub struct HealthState {
 }
 
 impl HealthState {
-    /// Starts NOT_SERVING: nothing is served before storage proves writable.
+    /// Starts live and not ready: nothing is served before storage proves
+    /// writable.
     pub async fn new(reporter: HealthReporter) -> Self {
         let state = Self {
             reporter,
@@ -66,20 +71,26 @@ impl HealthState {
     /// shutdown for the whole grace period.
     pub async fn end_watches(&self) {
         let mut reporter = self.reporter.clone();
-        for name in SERVICE_NAMES {
+        for name in [LIVENESS, READINESS] {
             reporter.clear_service_status(name).await;
         }
     }
 
     async fn publish(&self, inputs: &Inputs) {
-        let status = if inputs.storage_ok && !inputs.shutting_down {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
+        let status = |up: bool| {
+            if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
         };
-        for name in SERVICE_NAMES {
-            self.reporter.set_service_status(name, status).await;
-        }
+        let live = !inputs.shutting_down;
+        self.reporter
+            .set_service_status(LIVENESS, status(live))
+            .await;
+        self.reporter
+            .set_service_status(READINESS, status(live && inputs.storage_ok))
+            .await;
     }
 }
 

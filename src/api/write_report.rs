@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::{
-    error::{code_name, storage_failure},
+    api::error::{code_name, storage_failure},
     proto::{CompleteRunResponse, Outcome, WriteState, WriteStatus, WriteTarget},
     storage::{StorageError, WriteReceipt},
 };
@@ -73,9 +73,7 @@ mod tests {
                 bytes: 3,
             })
         } else {
-            Err(StorageError::Full(std::io::Error::from(
-                std::io::ErrorKind::StorageFull,
-            )))
+            Err(StorageError::Exhausted("no space left on device".into()))
         };
         write_status(target, "here".into(), Duration::from_micros(5), &result)
     }

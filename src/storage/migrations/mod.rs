@@ -1,0 +1,34 @@
+//! The versioned schema migrations of both backends, embedded in the
+//! binary. One mechanism for both: numbered plain-SQL files, applied in
+//! order at start-up inside one transaction that holds a lock every other
+//! starting process waits for (SQLite's write lock; a PostgreSQL advisory
+//! lock), recorded in `schema_migrations`.
+//!
+//! Append only: a released migration is never edited. Migrations are
+//! additive (expand now, contract a release later), so a replica on the
+//! previous release keeps serving beside one on the next during a rolling
+//! upgrade.
+
+/// One numbered migration.
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("sqlite/0001_init.sql"),
+}];
+
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("postgres/0001_init.sql"),
+}];
+
+/// The newest version in `migrations`.
+pub fn latest(migrations: &[Migration]) -> i64 {
+    migrations.last().map_or(0, |m| m.version)
+}

@@ -1,0 +1,156 @@
+//! PostgreSQL, for deployments that outgrow one machine: any number of
+//! stateless replicas sharing one database. The two writes of a call are
+//! two statements on two pooled connections, issued concurrently; each is
+//! its own transaction, committed with `synchronous_commit` on.
+//!
+//! - [`url`]: the database URL, its password never shown.
+//! - [`pool`]: the pool, TLS, and the reconnect gate (backoff with jitter).
+//! - [`migrate`]: the versioned migrations under an advisory lock.
+//! - [`queries`]: the SQL.
+//! - [`errors`]: SQLSTATEs as storage error kinds.
+
+mod errors;
+mod migrate;
+mod pool;
+mod queries;
+pub mod url;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+
+use pool::{Connections, PoolBuildError};
+pub use url::DatabaseUrl;
+
+use super::{
+    RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest, Target,
+    WriteReceipt, location,
+};
+
+/// How the PostgreSQL backend is set up.
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    pub url: DatabaseUrl,
+    /// Connections per replica; size it so that replicas × this stays
+    /// under the server's `max_connections`.
+    pub pool_size: usize,
+    /// Bound on connecting, and on waiting for a pooled connection.
+    pub connect_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for the server's TLS certificate.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresOpenError {
+    #[error(transparent)]
+    Pool(#[from] PoolBuildError),
+    #[error("connecting to {url}: {source}")]
+    Connect { url: String, source: StorageError },
+    #[error("migrating the schema: {0}")]
+    Migrate(StorageError),
+    #[error(
+        "the server has {setting} = {value}: a committed write could be lost, so WRITTEN would not mean durable; turn it on"
+    )]
+    NotDurable {
+        setting: &'static str,
+        value: String,
+    },
+}
+
+pub struct PostgresStorage {
+    connections: Arc<Connections>,
+}
+
+impl PostgresStorage {
+    /// Connects, refuses a server that does not make commits durable,
+    /// and migrates the schema.
+    pub async fn open(settings: &PostgresSettings) -> Result<Self, PostgresOpenError> {
+        let connections = Connections::build(settings)?;
+        let connect_error = |source| PostgresOpenError::Connect {
+            url: settings.url.redacted(),
+            source,
+        };
+        let mut conn = connections.get().await.map_err(connect_error)?;
+        for setting in ["fsync", "synchronous_commit"] {
+            let value: String = conn
+                .query_one(&format!("SHOW {setting}"), &[])
+                .await
+                .map_err(|e| connect_error(errors::classify(&e)))?
+                .get(0);
+            if value.eq_ignore_ascii_case("off") {
+                return Err(PostgresOpenError::NotDurable { setting, value });
+            }
+        }
+        let applied = migrate::migrate(&mut conn)
+            .await
+            .map_err(|e| PostgresOpenError::Migrate(errors::classify(&e)))?;
+        tracing::info!(
+            database = %settings.url,
+            schema_version = super::migrations::latest(super::migrations::POSTGRES),
+            ?applied,
+            pool_size = settings.pool_size,
+            "postgres storage open"
+        );
+        Ok(Self { connections })
+    }
+
+    /// Runs `write` on a pooled connection and reports its outcome to the
+    /// reconnect gate.
+    async fn with_connection<T, F>(&self, write: F) -> Result<T, StorageError>
+    where
+        F: AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, StorageError>,
+    {
+        let mut conn = self.connections.get().await?;
+        let result = write(&mut conn).await;
+        self.connections.observe(&result);
+        result
+    }
+
+    async fn write(&self, target: Target, run: &RunRecord) -> Result<WriteReceipt, StorageError> {
+        let bytes = self
+            .with_connection(async |conn| match target {
+                Target::Snapshot => queries::write_snapshot(conn, run).await,
+                Target::Manifest => queries::write_manifest(conn, run).await,
+            })
+            .await?;
+        Ok(WriteReceipt {
+            location: location(target, &run.task_id, &run.run_id),
+            bytes,
+        })
+    }
+}
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    async fn write_snapshot(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
+        self.write(Target::Snapshot, &run).await
+    }
+
+    async fn write_manifest(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
+        self.write(Target::Manifest, &run).await
+    }
+
+    async fn read_manifest(
+        &self,
+        task_id: &str,
+        run_id: &str,
+    ) -> Result<StoredManifest, StorageError> {
+        self.with_connection(async |conn| queries::manifest(conn, task_id, run_id).await)
+            .await
+    }
+
+    async fn read_snapshot(
+        &self,
+        task_id: &str,
+        after: Option<RunCursor>,
+        limit: usize,
+    ) -> Result<SnapshotPage, StorageError> {
+        self.with_connection(async |conn| queries::snapshot_page(conn, task_id, after, limit).await)
+            .await
+    }
+
+    async fn check_health(&self) -> Result<(), StorageError> {
+        self.with_connection(async |conn| queries::probe(conn).await)
+            .await
+    }
+}

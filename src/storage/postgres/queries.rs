@@ -1,0 +1,241 @@
+//! The SQL of the PostgreSQL backend. Each write is one statement, so one
+//! autocommit transaction and one commit; reads are keyset seeks on the
+//! order index. None depends on the length of the task's history.
+
+use std::time::SystemTime;
+
+use deadpool_postgres::Object;
+use futures_util::TryStreamExt;
+use tokio_postgres::IsolationLevel;
+
+use super::errors::classify;
+use crate::storage::{
+    PAGE_BYTE_BUDGET, RunCursor, RunInstant, RunRecord, SnapshotPage, StorageError, StoredManifest,
+    StoredRun,
+};
+
+fn sql(err: tokio_postgres::Error) -> StorageError {
+    classify(&err)
+}
+
+/// Draws the task's next sequence number and upserts the entry with it, in
+/// one statement. The `tasks` row lock it takes is held to the commit, so
+/// writers of one task — on any replica — commit in sequence order, and a
+/// rewritten run sorts as recorded last. Each statement locks the task row
+/// first and then one entry, always in that order: no deadlock.
+pub async fn write_snapshot(conn: &Object, run: &RunRecord) -> Result<u64, StorageError> {
+    let statement = conn
+        .prepare_cached(
+            "WITH seq AS (
+                 INSERT INTO tasks (task_id, last_seq) VALUES ($1, 1)
+                 ON CONFLICT (task_id) DO UPDATE SET last_seq = tasks.last_seq + 1
+                 RETURNING last_seq
+             )
+             INSERT INTO snapshot_entries
+                 (task_id, run_id, timestamp, instant_secs, instant_nanos, seq, summary_json)
+             SELECT $1, $2, $3, $4, $5, seq.last_seq, $6 FROM seq
+             ON CONFLICT (task_id, run_id) DO UPDATE SET
+                 timestamp = excluded.timestamp,
+                 instant_secs = excluded.instant_secs,
+                 instant_nanos = excluded.instant_nanos,
+                 seq = excluded.seq,
+                 summary_json = excluded.summary_json",
+        )
+        .await
+        .map_err(sql)?;
+    let nanos = nanos_i32(run.instant.nanos);
+    conn.execute(
+        &statement,
+        &[
+            &run.task_id,
+            &run.run_id,
+            &run.timestamp,
+            &run.instant.secs,
+            &nanos,
+            &run.summary_json,
+        ],
+    )
+    .await
+    .map_err(sql)?;
+    Ok((run.timestamp.len() + run.summary_json.len()) as u64)
+}
+
+pub async fn write_manifest(conn: &Object, run: &RunRecord) -> Result<u64, StorageError> {
+    let statement = conn
+        .prepare_cached(
+            "INSERT INTO manifests
+                 (task_id, run_id, summary_json, timestamp, instant_secs, instant_nanos, sha256, written_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())
+             ON CONFLICT (task_id, run_id) DO UPDATE SET
+                 summary_json = excluded.summary_json,
+                 timestamp = excluded.timestamp,
+                 instant_secs = excluded.instant_secs,
+                 instant_nanos = excluded.instant_nanos,
+                 sha256 = excluded.sha256,
+                 written_at = excluded.written_at",
+        )
+        .await
+        .map_err(sql)?;
+    let nanos = nanos_i32(run.instant.nanos);
+    conn.execute(
+        &statement,
+        &[
+            &run.task_id,
+            &run.run_id,
+            &run.summary_json,
+            &run.timestamp,
+            &run.instant.secs,
+            &nanos,
+            &run.sha256,
+        ],
+    )
+    .await
+    .map_err(sql)?;
+    Ok(run.summary_json.len() as u64)
+}
+
+/// The readiness probe's durable write: the task with the empty id, which
+/// no valid request can name.
+pub async fn probe(conn: &Object) -> Result<(), StorageError> {
+    let statement = conn
+        .prepare_cached(
+            "INSERT INTO tasks (task_id, last_seq) VALUES ('', 1)
+             ON CONFLICT (task_id) DO UPDATE SET last_seq = tasks.last_seq + 1",
+        )
+        .await
+        .map_err(sql)?;
+    conn.execute(&statement, &[]).await.map_err(sql)?;
+    Ok(())
+}
+
+pub async fn manifest(
+    conn: &Object,
+    task_id: &str,
+    run_id: &str,
+) -> Result<StoredManifest, StorageError> {
+    let statement = conn
+        .prepare_cached(
+            "SELECT summary_json, sha256, written_at FROM manifests
+             WHERE task_id = $1 AND run_id = $2",
+        )
+        .await
+        .map_err(sql)?;
+    let row = conn
+        .query_opt(&statement, &[&task_id, &run_id])
+        .await
+        .map_err(sql)?
+        .ok_or(StorageError::NotFound)?;
+    Ok(StoredManifest {
+        summary_json: row.get(0),
+        sha256: row.get(1),
+        written_at: row.get::<_, SystemTime>(2),
+    })
+}
+
+/// One page of a task's history and its `last_run_at`, from one snapshot
+/// of the database (a repeatable-read, read-only transaction).
+pub async fn snapshot_page(
+    conn: &mut Object,
+    task_id: &str,
+    after: Option<RunCursor>,
+    limit: usize,
+) -> Result<SnapshotPage, StorageError> {
+    let tx = conn
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(sql)?;
+    let last = tx
+        .prepare_cached(
+            "SELECT timestamp FROM snapshot_entries WHERE task_id = $1
+             ORDER BY instant_secs DESC, instant_nanos DESC, seq DESC LIMIT 1",
+        )
+        .await
+        .map_err(sql)?;
+    let last_run_at: String = tx
+        .query_opt(&last, &[&task_id])
+        .await
+        .map_err(sql)?
+        .ok_or(StorageError::NotFound)?
+        .get(0);
+    let start = after.unwrap_or(RunCursor {
+        instant: RunInstant {
+            secs: i64::MIN,
+            nanos: 0,
+        },
+        seq: 0,
+    });
+    let page = tx
+        .prepare_cached(
+            "SELECT run_id, timestamp, instant_secs, instant_nanos, seq, summary_json
+             FROM snapshot_entries
+             WHERE task_id = $1 AND (instant_secs, instant_nanos, seq) > ($2, $3, $4)
+             ORDER BY instant_secs, instant_nanos, seq LIMIT $5",
+        )
+        .await
+        .map_err(sql)?;
+    let seq = i64::try_from(start.seq).unwrap_or(i64::MAX);
+    // One row beyond the page says whether another follows. Rows stream
+    // in, so the byte budget bounds memory whatever the page size.
+    let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let nanos = nanos_i32(start.instant.nanos);
+    let mut runs = Vec::new();
+    let mut more = false;
+    {
+        let rows = tx
+            .query_raw(
+                &page,
+                [
+                    &task_id as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &start.instant.secs,
+                    &nanos,
+                    &seq,
+                    &fetch,
+                ],
+            )
+            .await
+            .map_err(sql)?;
+        futures_util::pin_mut!(rows);
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await.map_err(sql)? {
+            if runs.len() == limit {
+                more = true;
+                break;
+            }
+            let summary_json: String = row.get(5);
+            if !runs.is_empty() && bytes + summary_json.len() > PAGE_BYTE_BUDGET {
+                more = true;
+                break;
+            }
+            bytes += summary_json.len();
+            let nanos: i32 = row.get(3);
+            let seq: i64 = row.get(4);
+            runs.push(StoredRun {
+                run_id: row.get(0),
+                timestamp: row.get(1),
+                summary_json,
+                cursor: RunCursor {
+                    instant: RunInstant {
+                        secs: row.get(2),
+                        nanos: u32::try_from(nanos).unwrap_or_default(),
+                    },
+                    seq: u64::try_from(seq).unwrap_or_default(),
+                },
+            });
+        }
+    }
+    tx.commit().await.map_err(sql)?;
+    let next = more.then(|| runs.last().map(|run| run.cursor)).flatten();
+    Ok(SnapshotPage {
+        last_run_at,
+        runs,
+        next,
+    })
+}
+
+/// Nanoseconds within a second always fit an INTEGER.
+fn nanos_i32(nanos: u32) -> i32 {
+    i32::try_from(nanos).unwrap_or(i32::MAX)
+}

@@ -1,0 +1,84 @@
+//! WAL checkpoints off the commit path. SQLite's automatic checkpoint runs
+//! inside the COMMIT that crosses the WAL's size threshold, so that commit
+//! (and every caller in its batch) waits while pages are copied into the
+//! database and the database is fsynced. Here the committer's connection
+//! has auto-checkpointing off and this thread checkpoints in PASSIVE mode,
+//! which never takes the write lock: commits go on meanwhile.
+
+use std::{
+    path::PathBuf,
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::connection::{LockWait, open_connection};
+
+/// How often the WAL is checkpointed.
+const INTERVAL: Duration = Duration::from_millis(250);
+
+/// Dropping it stops the thread after one last checkpoint.
+pub struct Checkpointer {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub fn start(path: PathBuf, lock_wait: LockWait) -> std::io::Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("sqlite-checkpointer".into())
+            .spawn(move || run(&path, lock_wait, &stopped))?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(path: &std::path::Path, lock_wait: LockWait, stopped: &mpsc::Receiver<()>) {
+    let conn = match open_connection(path, lock_wait) {
+        Ok(conn) => conn,
+        Err(err) => {
+            tracing::error!(error = %err, "WAL checkpointer cannot open the database; SQLite will not checkpoint");
+            return;
+        }
+    };
+    loop {
+        let stopping = !matches!(
+            stopped.recv_timeout(INTERVAL),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        let started = Instant::now();
+        // (busy, WAL frames, frames checkpointed)
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        });
+        match result {
+            Ok((_, frames, done)) if frames > 0 => tracing::debug!(
+                frames,
+                done,
+                micros = started.elapsed().as_micros() as u64,
+                "WAL checkpoint"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed"),
+        }
+        if stopping {
+            return;
+        }
+    }
+}

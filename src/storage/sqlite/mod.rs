@@ -1,0 +1,164 @@
+//! The embedded default backend: SQLite in `<data-dir>/runstore.db`, WAL
+//! journal, `synchronous=FULL`, every write group-committed by one thread.
+//!
+//! - [`connection`]: files, permissions, pragmas, the lock-wait policy.
+//! - [`migrate`]: applies the versioned schema migrations.
+//! - [`committer`]: group commit, one savepoint per write.
+//! - [`checkpointer`]: WAL checkpoints off the commit path.
+//! - [`writes`] / [`reads`]: the SQL.
+//! - [`errors`]: SQLite result codes as storage error kinds.
+//!
+//! Several processes may share a data dir on a local file system: SQLite's
+//! file locks serialise their commits. Network file systems are not
+//! supported (their locking and fsync are not what SQLite needs).
+
+mod checkpointer;
+mod committer;
+mod connection;
+mod errors;
+mod migrate;
+mod reads;
+mod writes;
+
+use std::{path::PathBuf, sync::Arc};
+
+use async_trait::async_trait;
+
+use checkpointer::Checkpointer;
+pub use committer::CommitStats;
+use committer::Committer;
+pub use connection::{DATABASE_FILE, LockWait, OpenDatabaseError};
+use reads::ReadPool;
+
+use super::{
+    RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest, Target, WriteReceipt,
+};
+
+/// How the SQLite backend is set up.
+#[derive(Debug, Clone)]
+pub struct SqliteSettings {
+    pub data_dir: PathBuf,
+    /// The summary size limit: readiness requires room for twice this plus
+    /// 1 MiB, so that an accepted write never meets a full disk.
+    pub max_summary_bytes: usize,
+    pub lock_wait: LockWait,
+}
+
+pub struct SqliteStorage {
+    committer: Committer,
+    _checkpointer: Checkpointer,
+    reads: Arc<ReadPool>,
+    data_dir: PathBuf,
+    required_free_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteOpenError {
+    #[error(transparent)]
+    Open(#[from] OpenDatabaseError),
+    #[error("migrating the schema of {path}: {source}")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("starting the committer thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+impl SqliteStorage {
+    /// Creates the data dir and database if missing, migrates the schema and
+    /// starts the committer.
+    pub fn open(settings: &SqliteSettings) -> Result<Self, SqliteOpenError> {
+        let path = connection::prepare_data_dir(&settings.data_dir)?;
+        let mut conn = connection::open_connection(&path, settings.lock_wait)?;
+        let applied = migrate::migrate(&mut conn).map_err(|source| SqliteOpenError::Migrate {
+            path: path.clone(),
+            source,
+        })?;
+        tracing::info!(
+            database = %path.display(),
+            schema_version = super::migrations::latest(super::migrations::SQLITE),
+            ?applied,
+            "sqlite storage open"
+        );
+        drop(conn);
+        let reads = ReadPool::open(path.clone(), settings.lock_wait)?;
+        let writer = connection::open_write_connection(&path, settings.lock_wait)?;
+        let checkpointer = Checkpointer::start(path.clone(), settings.lock_wait)?;
+        let committer = Committer::start(path, writer, settings.lock_wait)?;
+        let required_free_bytes = (settings.max_summary_bytes as u64)
+            .saturating_mul(2)
+            .saturating_add(1 << 20);
+        Ok(Self {
+            committer,
+            _checkpointer: checkpointer,
+            reads,
+            data_dir: settings.data_dir.clone(),
+            required_free_bytes,
+        })
+    }
+
+    /// Group-commit counters, for benchmarks and logs.
+    pub fn commit_stats(&self) -> &CommitStats {
+        self.committer.stats()
+    }
+
+    /// Room for the largest write: free space on the file system plus free
+    /// pages inside the database.
+    async fn check_room(&self) -> Result<(), StorageError> {
+        let free_pages = self.reads.run(reads::free_pages_bytes).await?;
+        let dir = self.data_dir.clone();
+        let free_disk = tokio::task::spawn_blocking(move || connection::free_space(&dir))
+            .await
+            .map_err(|e| StorageError::Internal(e.to_string()))?
+            .map_err(|e| StorageError::Unavailable(format!("statvfs: {e}")))?;
+        let room = free_disk.saturating_add(free_pages);
+        if room < self.required_free_bytes {
+            return Err(StorageError::Exhausted(format!(
+                "{room} bytes free (file system and database), {} required",
+                self.required_free_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn write_snapshot(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
+        self.committer.write(Target::Snapshot, run).await
+    }
+
+    async fn write_manifest(&self, run: Arc<RunRecord>) -> Result<WriteReceipt, StorageError> {
+        self.committer.write(Target::Manifest, run).await
+    }
+
+    async fn read_manifest(
+        &self,
+        task_id: &str,
+        run_id: &str,
+    ) -> Result<StoredManifest, StorageError> {
+        let (task_id, run_id) = (task_id.to_owned(), run_id.to_owned());
+        self.reads
+            .run(move |conn| reads::manifest(conn, &task_id, &run_id))
+            .await
+    }
+
+    async fn read_snapshot(
+        &self,
+        task_id: &str,
+        after: Option<RunCursor>,
+        limit: usize,
+    ) -> Result<SnapshotPage, StorageError> {
+        let task_id = task_id.to_owned();
+        self.reads
+            .run(move |conn| reads::snapshot_page(conn, &task_id, after, limit))
+            .await
+    }
+
+    async fn check_health(&self) -> Result<(), StorageError> {
+        self.committer.probe().await?;
+        self.check_room().await
+    }
+}
