@@ -16,6 +16,8 @@ use super::connection::{LockWait, open_connection};
 
 /// How often the WAL is checkpointed.
 const INTERVAL: Duration = Duration::from_millis(250);
+/// WAL frames (pages) past which the WAL is truncated: about 32 MiB.
+const TRUNCATE_FRAMES: i64 = 8192;
 
 /// Dropping it stops the thread after one last checkpoint.
 pub struct Checkpointer {
@@ -67,6 +69,15 @@ fn run(path: &std::path::Path, lock_wait: LockWait, stopped: &mpsc::Receiver<()>
                 row.get::<_, i64>(2)?,
             ))
         });
+        // A writer that never pauses can keep the WAL from ever starting
+        // over, so past a size a TRUNCATE checkpoint takes the write lock
+        // briefly (the PASSIVE pass above has copied almost everything) and
+        // resets the file.
+        if matches!(result, Ok((_, frames, _)) if frames > TRUNCATE_FRAMES) {
+            if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                tracing::warn!(error = %err, "WAL truncation failed");
+            }
+        }
         match result {
             Ok((_, frames, done)) if frames > 0 => tracing::debug!(
                 frames,
