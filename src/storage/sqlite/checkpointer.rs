@@ -16,7 +16,7 @@ use super::connection::{LockWait, open_connection};
 
 /// How often the WAL is checkpointed.
 const INTERVAL: Duration = Duration::from_millis(250);
-/// WAL frames (pages) past which the WAL is truncated: about 32 MiB.
+/// WAL frames (pages) past which the WAL is restarted: about 32 MiB.
 const TRUNCATE_FRAMES: i64 = 8192;
 
 /// Dropping it stops the thread after one last checkpoint.
@@ -70,12 +70,15 @@ fn run(path: &std::path::Path, lock_wait: LockWait, stopped: &mpsc::Receiver<()>
             ))
         });
         // A writer that never pauses can keep the WAL from ever starting
-        // over, so past a size a TRUNCATE checkpoint takes the write lock
+        // over, so past a size a RESTART checkpoint takes the write lock
         // briefly (the PASSIVE pass above has copied almost everything) and
-        // resets the file.
+        // makes the next commits overwrite the file from its start. RESTART,
+        // not TRUNCATE: overwriting blocks the file already has makes each
+        // commit's fsync cheaper than growing it would (journal_size_limit
+        // trims what is past 64 MiB).
         if matches!(result, Ok((_, frames, _)) if frames > TRUNCATE_FRAMES) {
-            if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-                tracing::warn!(error = %err, "WAL truncation failed");
+            if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(error = %err, "WAL restart failed");
             }
         }
         match result {
