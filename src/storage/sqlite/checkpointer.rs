@@ -17,7 +17,7 @@ use super::connection::{LockWait, open_connection};
 /// How often the WAL is checkpointed.
 const INTERVAL: Duration = Duration::from_millis(250);
 /// WAL frames (pages) past which the WAL is restarted: about 32 MiB.
-const TRUNCATE_FRAMES: i64 = 8192;
+const RESTART_FRAMES: i64 = 8192;
 
 /// Dropping it stops the thread after one last checkpoint.
 pub struct Checkpointer {
@@ -76,10 +76,10 @@ fn run(path: &std::path::Path, lock_wait: LockWait, stopped: &mpsc::Receiver<()>
         // not TRUNCATE: overwriting blocks the file already has makes each
         // commit's fsync cheaper than growing it would (journal_size_limit
         // trims what is past 64 MiB).
-        if matches!(result, Ok((_, frames, _)) if frames > TRUNCATE_FRAMES) {
-            if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
-                tracing::warn!(error = %err, "WAL restart failed");
-            }
+        if matches!(result, Ok((_, frames, _)) if frames > RESTART_FRAMES)
+            && let Err(err) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %err, "WAL restart failed");
         }
         match result {
             Ok((_, frames, done)) if frames > 0 => tracing::debug!(
