@@ -491,6 +491,7 @@ async fn measure(
         .get_manifest(GetManifestRequest {
             task_id: warm_task,
             run_id: warm_run,
+            ..Default::default()
         })
         .await
         .expect("warm-up GetManifest");
@@ -532,6 +533,7 @@ async fn measure(
             let read = GetManifestRequest {
                 task_id: request.task_id.clone(),
                 run_id: request.run_id.clone(),
+                ..Default::default()
             };
             async move { client.get_manifest(read).await }
         })

@@ -365,6 +365,7 @@ async fn verify_snapshot(harness: &Harness, task: &str, expected: usize) {
             task_id: task.to_owned(),
             page_size: READ_PAGE_SIZE,
             page_token,
+            ..Default::default()
         };
         let page = client
             .get_task_snapshot(request)

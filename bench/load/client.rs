@@ -257,6 +257,7 @@ impl Op {
             task_id: task_id.clone(),
             page_size: 0,
             page_token: String::new(),
+            ..Default::default()
         };
         Op::FirstPage {
             request: request.encode_to_vec().into(),
@@ -555,6 +556,7 @@ pub async fn read_back(
                     task_id: id.clone(),
                     page_size: 1000,
                     page_token: token.clone(),
+                    ..Default::default()
                 })
                 .await
                 .with_context(|| format!("GetTaskSnapshot {id}"))?

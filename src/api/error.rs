@@ -13,6 +13,11 @@ pub enum ApiError {
     InvalidArgument { field: &'static str, rule: String },
     #[error("summary_json: {size} bytes is over the {limit}-byte limit")]
     SummaryTooLarge { size: usize, limit: usize },
+    #[error("this token lacks the `{scope}` scope that {rpc} needs")]
+    PermissionDenied {
+        rpc: &'static str,
+        scope: &'static str,
+    },
     #[error("{0} not found")]
     NotFound(String),
     #[error("the server is shutting down; retry on another replica")]
@@ -39,6 +44,7 @@ impl From<ApiError> for Status {
             ApiError::SummaryTooLarge { .. } | ApiError::Overloaded { .. } => {
                 Status::resource_exhausted(message)
             }
+            ApiError::PermissionDenied { .. } => Status::permission_denied(message),
             ApiError::NotFound(_) => Status::not_found(message),
             ApiError::ShuttingDown => Status::unavailable(message),
             ApiError::DeadlineExceeded => Status::deadline_exceeded(message),

@@ -1,9 +1,10 @@
-//! The gRPC handlers: validate, dispatch both writes, build the reply.
+//! The gRPC handlers: validate, dispatch both writes (or the one delete),
+//! build the reply; page through a task's history or the tasks.
 //!
 //! - [`validate`]: id, timestamp and JSON rules.
 //! - [`write_report`]: per-write statuses and the manifest-first outcome.
 //! - [`error`]: API errors and the one mapping of errors to gRPC codes.
-//! - [`page_token`]: the opaque GetTaskSnapshot page token.
+//! - [`page_token`]: the opaque page tokens of GetTaskSnapshot and ListTasks.
 
 pub mod error;
 pub mod page_token;
@@ -18,22 +19,25 @@ use tracing::{Instrument, field};
 
 use crate::{
     proto::{
-        CompleteRunRequest, CompleteRunResponse, GetManifestRequest, GetManifestResponse,
-        GetTaskSnapshotRequest, GetTaskSnapshotResponse, RunEntry, WriteStatus, WriteTarget,
+        CompleteRunRequest, CompleteRunResponse, DeleteRunRequest, DeleteRunResponse,
+        GetManifestRequest, GetManifestResponse, GetTaskSnapshotRequest, GetTaskSnapshotResponse,
+        ListTasksRequest, ListTasksResponse, RunEntry, TaskSummary, WriteStatus, WriteTarget,
         persistence_service_server::PersistenceService,
     },
     server::{
         admission::{Admission, AdmittedCall},
+        auth::{self, Scope},
         deadline,
     },
-    storage::{self, RunRecord, Storage, StorageError, Target},
+    storage::{self, RunRecord, SnapshotQuery, Storage, StorageError, Target, TaskQuery},
 };
 use error::ApiError;
-use write_report::{complete_run_response, write_status};
+use page_token::SnapshotToken;
+use write_report::{complete_run_response, delete_run_response, write_status};
 
-/// Runs per GetTaskSnapshot page when the caller does not say.
+/// Runs (or tasks) per page when the caller does not say.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// Most runs per page; larger requests are capped.
+/// Most runs (or tasks) per page; larger requests are capped.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Default limit on `summary_json`: 4 MiB − 64 KiB, so that every accepted
 /// manifest, and every page holding it, fits the default 4 MiB receive limit
@@ -250,6 +254,7 @@ impl PersistenceApi {
         let _call = self.admission.admit()?;
         validate::id("task_id", &req.task_id)?;
         validate::id("run_id", &req.run_id)?;
+        validate::sha256_or_empty("if_none_match", &req.if_none_match)?;
         let manifest = self
             .storage
             .read_manifest(&req.task_id, &req.run_id)
@@ -262,12 +267,18 @@ impl PersistenceApi {
                 other => other.into(),
             })?;
         let written_at: chrono::DateTime<chrono::Utc> = manifest.written_at.into();
+        let not_modified = req.if_none_match == manifest.sha256;
         Ok(GetManifestResponse {
             sha256: manifest.sha256,
             task_id: req.task_id,
             run_id: req.run_id,
-            summary_json: manifest.summary_json,
+            summary_json: if not_modified {
+                String::new()
+            } else {
+                manifest.summary_json
+            },
             written_at: written_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            not_modified,
         })
     }
 
@@ -277,23 +288,32 @@ impl PersistenceApi {
     ) -> Result<GetTaskSnapshotResponse, ApiError> {
         let _call = self.admission.admit()?;
         validate::id("task_id", &req.task_id)?;
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                page_token::decode(&req.page_token).ok_or_else(|| ApiError::InvalidArgument {
+        let after = match page_token::decode(&req.page_token) {
+            _ if req.page_token.is_empty() => None,
+            Some(token) if token.newest_first == req.newest_first => Some(token.after),
+            Some(_) => {
+                return Err(ApiError::InvalidArgument {
+                    field: "page_token",
+                    rule: "belongs to the other order: use it with the newest_first it came from"
+                        .into(),
+                });
+            }
+            None => {
+                return Err(ApiError::InvalidArgument {
                     field: "page_token",
                     rule: "must be a next_page_token returned by GetTaskSnapshot".into(),
-                })?,
-            )
+                });
+            }
         };
-        let limit = match req.page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
+        let query = SnapshotQuery {
+            after,
+            limit: page_size(req.page_size),
+            newest_first: req.newest_first,
+            omit_summaries: req.omit_summaries,
         };
         let page = self
             .storage
-            .read_snapshot(&req.task_id, after, limit)
+            .read_snapshot(&req.task_id, query)
             .await
             .map_err(|err| match err {
                 StorageError::NotFound => {
@@ -306,8 +326,12 @@ impl PersistenceApi {
             last_run_at: page.last_run_at,
             next_page_token: page
                 .next
-                .as_ref()
-                .map(page_token::encode)
+                .map(|after| {
+                    page_token::encode(&SnapshotToken {
+                        after,
+                        newest_first: req.newest_first,
+                    })
+                })
                 .unwrap_or_default(),
             runs: page
                 .runs
@@ -316,6 +340,85 @@ impl PersistenceApi {
                     run_id: run.run_id,
                     timestamp: run.timestamp,
                     summary_json: run.summary_json,
+                })
+                .collect(),
+        })
+    }
+
+    /// Removes both records of a run in one storage transaction. Like a
+    /// write, the delete is its own task: it completes even if the caller's
+    /// deadline passes or the caller goes away.
+    async fn delete_run(
+        &self,
+        req: DeleteRunRequest,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<DeleteRunResponse, ApiError> {
+        let call = self.admission.admit()?;
+        validate::id("task_id", &req.task_id)?;
+        validate::id("run_id", &req.run_id)?;
+        let storage = Arc::clone(&self.storage);
+        let delete = self.writes.spawn(
+            async move {
+                let _call = call;
+                let started = Instant::now();
+                let result = storage.delete_run(&req.task_id, &req.run_id).await;
+                if let Err(err) = &result {
+                    tracing::warn!(error = %err, "delete failed");
+                }
+                delete_run_response(&req.task_id, &req.run_id, started.elapsed(), &result)
+            }
+            .in_current_span(),
+        );
+        let joined = match deadline {
+            Some(budget) => tokio::time::timeout(budget, delete)
+                .await
+                .map_err(|_| ApiError::DeadlineExceeded)?,
+            None => delete.await,
+        };
+        joined
+            .map_err(|err| ApiError::Storage(StorageError::Internal(format!("delete task: {err}"))))
+    }
+
+    async fn list_tasks(&self, req: ListTasksRequest) -> Result<ListTasksResponse, ApiError> {
+        let _call = self.admission.admit()?;
+        validate::id_prefix("prefix", &req.prefix)?;
+        let after = match page_token::decode_task(&req.page_token) {
+            _ if req.page_token.is_empty() => None,
+            Some(last) if last.starts_with(&req.prefix) => Some(last),
+            Some(_) => {
+                return Err(ApiError::InvalidArgument {
+                    field: "page_token",
+                    rule: "belongs to another prefix: use it with the prefix it came from".into(),
+                });
+            }
+            None => {
+                return Err(ApiError::InvalidArgument {
+                    field: "page_token",
+                    rule: "must be a next_page_token returned by ListTasks".into(),
+                });
+            }
+        };
+        let page = self
+            .storage
+            .list_tasks(TaskQuery {
+                prefix: req.prefix,
+                after,
+                limit: page_size(req.page_size),
+            })
+            .await?;
+        Ok(ListTasksResponse {
+            next_page_token: page
+                .next
+                .as_deref()
+                .map(page_token::encode_task)
+                .unwrap_or_default(),
+            tasks: page
+                .tasks
+                .into_iter()
+                .map(|task| TaskSummary {
+                    task_id: task.task_id,
+                    run_count: task.run_count,
+                    last_run_at: task.last_run_at,
                 })
                 .collect(),
         })
@@ -337,6 +440,30 @@ async fn timed_write(
         tracing::warn!(?target, error = %err, "write failed");
     }
     write_status(target, location, started.elapsed(), &result)
+}
+
+/// Refuses a call whose token lacks the scope its RPC needs; checked
+/// before validation.
+fn require(
+    extensions: &tonic::Extensions,
+    scope: Scope,
+    rpc: &'static str,
+) -> Result<(), ApiError> {
+    if auth::permits(extensions, scope) {
+        return Ok(());
+    }
+    Err(ApiError::PermissionDenied {
+        rpc,
+        scope: scope.name(),
+    })
+}
+
+/// A page size as asked for: 0 is the default, and the maximum caps it.
+fn page_size(asked: u32) -> usize {
+    match asked as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
 }
 
 fn location_of(target: WriteTarget, run: &RunRecord) -> String {
@@ -371,6 +498,7 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<CompleteRunRequest>,
     ) -> Result<Response<CompleteRunResponse>, Status> {
+        require(request.extensions(), Scope::Write, "CompleteRun")?;
         let deadline = deadline::budget(request.metadata());
         let req = request.into_inner();
         let span = rpc_span("CompleteRun", &req.task_id, Some(&req.run_id));
@@ -382,6 +510,7 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<GetManifestRequest>,
     ) -> Result<Response<GetManifestResponse>, Status> {
+        require(request.extensions(), Scope::Read, "GetManifest")?;
         let req = request.into_inner();
         let span = rpc_span("GetManifest", &req.task_id, Some(&req.run_id));
         let reply = self.get_manifest(req).instrument(span).await?;
@@ -392,9 +521,33 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<GetTaskSnapshotRequest>,
     ) -> Result<Response<GetTaskSnapshotResponse>, Status> {
+        require(request.extensions(), Scope::Read, "GetTaskSnapshot")?;
         let req = request.into_inner();
         let span = rpc_span("GetTaskSnapshot", &req.task_id, None);
         let reply = self.get_task_snapshot(req).instrument(span).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn delete_run(
+        &self,
+        request: Request<DeleteRunRequest>,
+    ) -> Result<Response<DeleteRunResponse>, Status> {
+        require(request.extensions(), Scope::Delete, "DeleteRun")?;
+        let deadline = deadline::budget(request.metadata());
+        let req = request.into_inner();
+        let span = rpc_span("DeleteRun", &req.task_id, Some(&req.run_id));
+        let reply = self.delete_run(req, deadline).instrument(span).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        require(request.extensions(), Scope::Read, "ListTasks")?;
+        let req = request.into_inner();
+        let span = tracing::info_span!("rpc", rpc = "ListTasks", prefix = ?req.prefix);
+        let reply = self.list_tasks(req).instrument(span).await?;
         Ok(Response::new(reply))
     }
 }

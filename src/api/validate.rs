@@ -86,6 +86,40 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Checks a ListTasks prefix: empty, or the start of some valid id (at most
+/// [`MAX_ID_BYTES`], no control characters). It is matched literally.
+pub fn id_prefix(field: &'static str, value: &str) -> Result<(), ApiError> {
+    if value.len() > MAX_ID_BYTES {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_ID_BYTES} bytes, got {}", value.len()),
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_ascii_control()) {
+        return Err(invalid(
+            field,
+            format!(
+                "must not contain control characters, found U+{:04X}",
+                c as u32
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an optional sha256: empty, or 64 lowercase hex digits as
+/// GetManifest returns them.
+pub fn sha256_or_empty(field: &'static str, value: &str) -> Result<(), ApiError> {
+    let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    if value.is_empty() || (value.len() == 64 && value.chars().all(hex)) {
+        return Ok(());
+    }
+    Err(invalid(
+        field,
+        "must be empty or a sha256 as GetManifest returns it: 64 lowercase hex digits",
+    ))
+}
+
 /// Parses an RFC 3339 timestamp into the instant it names.
 pub fn timestamp(field: &'static str, value: &str) -> Result<RunInstant, ApiError> {
     if value.is_empty() {

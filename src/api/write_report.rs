@@ -1,12 +1,15 @@
-//! Turns the results of the two writes into the reply of CompleteRun,
-//! applying the contract's rule that the manifest comes first.
+//! Turns the results of the two writes into the reply of CompleteRun (and
+//! of DeleteRun, whose removal of both records shares one fate), applying
+//! the contract's rule that the manifest comes first.
 
 use std::time::Duration;
 
 use crate::{
     api::error::{code_name, storage_failure},
-    proto::{CompleteRunResponse, Outcome, WriteState, WriteStatus, WriteTarget},
-    storage::{StorageError, WriteReceipt},
+    proto::{
+        CompleteRunResponse, DeleteRunResponse, Outcome, WriteState, WriteStatus, WriteTarget,
+    },
+    storage::{self, StorageError, Target, WriteReceipt},
 };
 
 /// The status of one finished (or failed) write.
@@ -62,6 +65,35 @@ pub fn complete_run_response(snapshot: WriteStatus, manifest: WriteStatus) -> Co
     }
 }
 
+/// The reply of DeleteRun: both records were removed in one transaction, so
+/// both statuses carry its one result.
+pub fn delete_run_response(
+    task_id: &str,
+    run_id: &str,
+    elapsed: Duration,
+    result: &Result<bool, StorageError>,
+) -> DeleteRunResponse {
+    let status = |target: WriteTarget, table: Target| {
+        let location = storage::location(table, task_id, run_id);
+        let receipt = result.clone().map(|_| WriteReceipt {
+            location: location.clone(),
+            bytes: 0,
+        });
+        write_status(target, location, elapsed, &receipt)
+    };
+    let reply = complete_run_response(
+        status(WriteTarget::Snapshot, Target::Snapshot),
+        status(WriteTarget::Manifest, Target::Manifest),
+    );
+    DeleteRunResponse {
+        snapshot: reply.snapshot,
+        manifest: reply.manifest,
+        outcome: reply.outcome,
+        primary_error: reply.primary_error,
+        found: matches!(result, Ok(true)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +125,30 @@ mod tests {
             assert_eq!(reply.outcome(), outcome);
             assert_eq!(reply.primary_error.map(|p| p.target()), primary);
         }
+    }
+
+    #[test]
+    fn a_delete_has_one_fate_for_both_records() {
+        let done = delete_run_response("t", "r", Duration::ZERO, &Ok(false));
+        assert_eq!(done.outcome(), Outcome::AllWritten);
+        assert!(!done.found && done.primary_error.is_none());
+        assert_eq!(done.manifest.expect("manifest").location, "manifests/t/r");
+        let failed = delete_run_response(
+            "t",
+            "r",
+            Duration::ZERO,
+            &Err(StorageError::Aborted("lock".into())),
+        );
+        assert_eq!(failed.outcome(), Outcome::NoneWritten);
+        let primary = failed.primary_error.expect("primary error");
+        assert_eq!(
+            (primary.target(), primary.code.as_str(), primary.retryable),
+            (WriteTarget::Manifest, "ABORTED", true)
+        );
+        assert_eq!(
+            failed.snapshot.expect("snapshot").state(),
+            WriteState::Failed
+        );
     }
 
     #[test]

@@ -18,7 +18,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use history::{PAGE_BYTE_BUDGET, RunCursor, RunInstant, SnapshotPage, StoredRun};
+pub use history::{
+    PAGE_BYTE_BUDGET, RunCursor, RunInstant, SnapshotPage, SnapshotQuery, StoredRun, TaskInfo,
+    TaskPage, TaskQuery,
+};
 pub use open::{OpenError, StorageSetting, open};
 
 /// One completed run, validated and ready to be written by both writes.
@@ -125,15 +128,24 @@ pub trait Storage: Send + Sync + 'static {
         run_id: &str,
     ) -> Result<StoredManifest, StorageError>;
 
-    /// Reads up to `limit` runs of a task's history that sort after `after`,
-    /// stopping early at [`PAGE_BYTE_BUDGET`] bytes of summaries (never
-    /// before one run); `NotFound` when the task has no runs.
+    /// Reads up to `query.limit` runs of a task's history that sort after
+    /// `query.after` in the query's order, stopping early at
+    /// [`PAGE_BYTE_BUDGET`] bytes of summaries (never before one run);
+    /// `NotFound` when the task has no runs.
     async fn read_snapshot(
         &self,
         task_id: &str,
-        after: Option<RunCursor>,
-        limit: usize,
+        query: SnapshotQuery,
     ) -> Result<SnapshotPage, StorageError>;
+
+    /// Removes a run's snapshot entry and manifest in one transaction, and
+    /// keeps its task's count and latest timestamp current. Returns whether
+    /// either record existed.
+    async fn delete_run(&self, task_id: &str, run_id: &str) -> Result<bool, StorageError>;
+
+    /// Lists tasks that have runs, in task id order, from the counters the
+    /// writes keep: a page costs the same however many tasks exist.
+    async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError>;
 
     /// Proves the backend can durably write right now, with room to spare.
     async fn check_health(&self) -> Result<(), StorageError>;

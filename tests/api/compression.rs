@@ -80,6 +80,7 @@ async fn gzip_and_zstd_clients_round_trip_the_exact_bytes(backend: Backend) {
             .get_manifest(GetManifestRequest {
                 task_id: task_id.clone(),
                 run_id: run_id.clone(),
+                ..Default::default()
             })
             .await
             .expect("GetManifest");
@@ -131,6 +132,7 @@ async fn replies_are_compressed_only_for_clients_that_accept_it(backend: Backend
         .get_manifest(GetManifestRequest {
             task_id: "send-only".into(),
             run_id: "run-1".into(),
+            ..Default::default()
         })
         .await
         .expect("GetManifest");

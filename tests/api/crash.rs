@@ -193,6 +193,7 @@ async fn verify(
                     .get_manifest(GetManifestRequest {
                         task_id: key.0.clone(),
                         run_id: key.1.clone(),
+                        ..Default::default()
                     })
                     .await;
                 (key, reply)

@@ -158,6 +158,7 @@ async fn refused_write(backend: Backend, refused: Refused, on: On) {
             }
             2
         }
+        On::Delete => unreachable!("CompleteRun deletes nothing"),
     };
     let before = db.row_counts();
     let doomed_before = (

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use runstore::{
     proto::WriteTarget,
     storage::{
-        RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest, WriteReceipt,
+        RunRecord, SnapshotPage, SnapshotQuery, Storage, StorageError, StoredManifest, TaskPage,
+        TaskQuery, WriteReceipt,
     },
 };
 use tokio::sync::{Semaphore, watch};
@@ -76,10 +77,15 @@ impl<H: Hooks> Storage for Hooked<H> {
     async fn read_snapshot(
         &self,
         task_id: &str,
-        after: Option<RunCursor>,
-        limit: usize,
+        query: SnapshotQuery,
     ) -> Result<SnapshotPage, StorageError> {
-        self.inner.read_snapshot(task_id, after, limit).await
+        self.inner.read_snapshot(task_id, query).await
+    }
+    async fn delete_run(&self, task_id: &str, run_id: &str) -> Result<bool, StorageError> {
+        self.inner.delete_run(task_id, run_id).await
+    }
+    async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError> {
+        self.inner.list_tasks(query).await
     }
     async fn check_health(&self) -> Result<(), StorageError> {
         self.hooks.before_health_check().await;

@@ -272,13 +272,23 @@ pub struct StoredRow {
 pub enum On {
     Insert,
     Update,
+    Delete,
 }
 
 impl On {
-    fn sql(self) -> &'static str {
+    pub fn sql(self) -> &'static str {
         match self {
             On::Insert => "INSERT",
             On::Update => "UPDATE",
+            On::Delete => "DELETE",
+        }
+    }
+
+    /// The row a trigger on this statement sees.
+    pub fn row(self) -> &'static str {
+        match self {
+            On::Insert | On::Update => "NEW",
+            On::Delete => "OLD",
         }
     }
 }
@@ -469,10 +479,11 @@ impl Db {
             );
             self.sqlite()
                 .execute_batch(&format!(
-                    "CREATE TRIGGER {name} BEFORE {} ON {} WHEN NEW.task_id = {}
+                    "CREATE TRIGGER {name} BEFORE {} ON {} WHEN {}.task_id = {}
                      BEGIN SELECT RAISE(ABORT, 'injected'); END",
                     op.sql(),
                     table.name(),
+                    op.row(),
                     quote(task_id)
                 ))
                 .unwrap_or_else(|err| panic!("creating trigger {name}: {err}"));
@@ -660,6 +671,7 @@ impl TestApp {
             .get_manifest(GetManifestRequest {
                 task_id: task_id.into(),
                 run_id: run_id.into(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -676,6 +688,7 @@ impl TestApp {
                 task_id: task_id.into(),
                 page_size,
                 page_token: page_token.into(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -742,6 +755,7 @@ pub async fn all_runs(
                 task_id: task_id.into(),
                 page_size,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -89,6 +89,7 @@ async fn a_held_write_lock_fails_writes_as_aborted_after_the_lock_timeout(backen
         .get_manifest(runstore::proto::GetManifestRequest {
             task_id: "locked".into(),
             run_id: "run-1".into(),
+            ..Default::default()
         })
         .await
         .expect("a read while the lock is held")

@@ -53,12 +53,15 @@ macro_rules! contract_test {
 mod compression;
 mod concurrency;
 mod crash;
+mod dashboard_reads;
 mod deadlines;
+mod delete_run;
 mod disk_full;
 mod failures;
 mod held_storage;
 mod helpers;
 mod lifecycle;
+mod list_tasks;
 mod locking;
 mod overload;
 mod postgres;

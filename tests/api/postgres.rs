@@ -456,6 +456,7 @@ async fn the_test_connection_sees_what_the_server_stored_body() {
         .get_manifest(runstore::proto::GetManifestRequest {
             task_id: "task-b".into(),
             run_id: "run-1".into(),
+            ..Default::default()
         })
         .await;
     assert_eq!(read.expect_err("deleted").code(), Code::NotFound);
@@ -635,6 +636,7 @@ async fn two_servers_writing_one_task_at_once_never_lose_a_run_body() {
             .get_manifest(runstore::proto::GetManifestRequest {
                 task_id: TASK.into(),
                 run_id: run_id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|status| panic!("GetManifest {run_id}: {status:?}"))

@@ -738,10 +738,7 @@ impl PgDb {
     pub fn inject_fault(&self, table: Table, task_id: &str, on: &[On]) -> Vec<String> {
         let mut names = Vec::new();
         for op in on {
-            let event = match op {
-                On::Insert => "INSERT",
-                On::Update => "UPDATE",
-            };
+            let event = op.sql();
             let name = format!(
                 "injected_fault_{}_{}_{}",
                 table.name(),
@@ -754,8 +751,9 @@ impl PgDb {
                     "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
                      BEGIN RAISE EXCEPTION 'injected'; END $$;
                      CREATE TRIGGER {name} BEFORE {event} ON {} FOR EACH ROW
-                     WHEN (NEW.task_id = '{}') EXECUTE FUNCTION {name}();",
+                     WHEN ({}.task_id = '{}') EXECUTE FUNCTION {name}();",
                     table.name(),
+                    op.row(),
                     task_id.replace('\'', "''")
                 ),
             );

@@ -51,13 +51,19 @@ async fn processes_opening_a_fresh_data_dir_together_migrate_once(backend: Backe
     }
     let db = rusqlite::Connection::open(store.data_dir().join("runstore.db")).expect("open db");
     let versions: Vec<(i64, i64)> = db
-        .prepare("SELECT version, count(*) FROM schema_migrations GROUP BY version")
+        .prepare(
+            "SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version",
+        )
         .expect("query")
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
         .expect("rows")
         .collect::<Result<_, _>>()
         .expect("read");
-    assert_eq!(versions, vec![(1, 1)], "each migration applied once");
+    let expected: Vec<(i64, i64)> = runstore::storage::migrations::SQLITE
+        .iter()
+        .map(|m| (m.version, 1))
+        .collect();
+    assert_eq!(versions, expected, "each migration applied once");
     for server in servers {
         assert_eq!(server.terminate().await.code(), Some(0));
     }

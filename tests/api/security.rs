@@ -233,3 +233,170 @@ async fn bearer_tokens_guard_the_service_but_not_health(backend: Backend) {
     assert_eq!(health.into_inner().status(), ServingStatus::Serving);
 }
 contract_test!(bearer_tokens_guard_the_service_but_not_health);
+
+/// The RPCs and the scope each needs.
+const SCOPED_RPCS: &[(&str, &str)] = &[
+    ("CompleteRun", "write"),
+    ("GetManifest", "read"),
+    ("GetTaskSnapshot", "read"),
+    ("ListTasks", "read"),
+    ("DeleteRun", "delete"),
+];
+
+/// Calls `rpc` with `token` on a run that exists (task "scoped", run "r1")
+/// and returns the call's code. `valid` false sends ids that break the
+/// rules, to show that scopes are checked before validation.
+async fn call_rpc(
+    client: &mut PersistenceServiceClient<Channel>,
+    rpc: &str,
+    token: &str,
+    valid: bool,
+) -> Code {
+    use runstore::proto::{
+        DeleteRunRequest, GetManifestRequest, GetTaskSnapshotRequest, ListTasksRequest,
+    };
+    fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("header");
+        request.metadata_mut().insert("authorization", value);
+        request
+    }
+    let task_id = if valid { "scoped" } else { "bad/task" };
+    let code = |result: Result<(), tonic::Status>| result.err().map_or(Code::Ok, |s| s.code());
+    match rpc {
+        "CompleteRun" => code(
+            client
+                .complete_run(with_token(complete_request(task_id, "r2", &ts(2)), token))
+                .await
+                .map(drop),
+        ),
+        "GetManifest" => code(
+            client
+                .get_manifest(with_token(
+                    GetManifestRequest {
+                        task_id: task_id.into(),
+                        run_id: "r1".into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+        ),
+        "GetTaskSnapshot" => code(
+            client
+                .get_task_snapshot(with_token(
+                    GetTaskSnapshotRequest {
+                        task_id: task_id.into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+        ),
+        "ListTasks" => code(
+            client
+                .list_tasks(with_token(
+                    ListTasksRequest {
+                        prefix: if valid { "sc" } else { "bad\u{1}" }.into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+        ),
+        "DeleteRun" => code(
+            client
+                .delete_run(with_token(
+                    DeleteRunRequest {
+                        task_id: task_id.into(),
+                        run_id: "absent".into(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+        ),
+        other => panic!("unknown RPC {other}"),
+    }
+}
+
+/// Every RPC against every scope: a token reaches exactly the RPCs its
+/// scopes name (a bare token all of them), checked before validation.
+async fn token_scopes_limit_each_rpc(backend: Backend) {
+    let store = TestStore::fresh(backend);
+    let tokens_file = store.root().join("tokens");
+    std::fs::write(
+        &tokens_file,
+        "admin\nreader read\nwriter write\ndeleter delete\nsyncer read, write\n",
+    )
+    .expect("tokens file");
+    let storage = store.open(&Default::default()).await;
+    let settings = ServerSettings {
+        auth: Some(BearerTokens::from_file(&tokens_file).expect("tokens")),
+        ..fast_settings()
+    };
+    let app = spawn_app_with(store, storage, settings).await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    let mut client = app.client();
+    assert_eq!(
+        call_rpc(&mut client, "CompleteRun", "admin", true).await,
+        Code::Ok
+    );
+    let mut request = tonic::Request::new(complete_request("scoped", "r1", &ts(1)));
+    let value: MetadataValue<_> = "Bearer writer".parse().expect("header");
+    request.metadata_mut().insert("authorization", value);
+    client.complete_run(request).await.expect("write r1");
+
+    let tokens: &[(&str, &[&str])] = &[
+        ("admin", &["read", "write", "delete"]),
+        ("reader", &["read"]),
+        ("writer", &["write"]),
+        ("deleter", &["delete"]),
+        ("syncer", &["read", "write"]),
+    ];
+    for (token, scopes) in tokens {
+        for (rpc, needs) in SCOPED_RPCS {
+            let allowed = scopes.contains(needs);
+            let (valid, invalid) = (
+                call_rpc(&mut client, rpc, token, true).await,
+                call_rpc(&mut client, rpc, token, false).await,
+            );
+            if allowed {
+                assert_eq!(valid, Code::Ok, "{token} may call {rpc}");
+                assert_eq!(invalid, Code::InvalidArgument, "{token}: {rpc} validates");
+            } else {
+                assert_eq!(valid, Code::PermissionDenied, "{token} may not call {rpc}");
+                assert_eq!(
+                    invalid,
+                    Code::PermissionDenied,
+                    "{token}: scope before validation"
+                );
+            }
+        }
+    }
+    // An unknown token is UNAUTHENTICATED, whatever the RPC.
+    for (rpc, _) in SCOPED_RPCS {
+        assert_eq!(
+            call_rpc(&mut client, rpc, "stranger", true).await,
+            Code::Unauthenticated,
+            "{rpc}"
+        );
+    }
+}
+contract_test!(token_scopes_limit_each_rpc);
+
+#[test]
+fn an_unknown_scope_stops_start_up_naming_the_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, "# ops\nadmin\nreader read,admin\n").expect("tokens file");
+    let err = BearerTokens::from_file(&path).expect_err("unknown scope");
+    let message = err.to_string();
+    assert!(
+        message.contains("line 3") && message.contains("\"admin\""),
+        "{message}"
+    );
+}

@@ -278,6 +278,7 @@ async fn check_after_restart(store: &TestStore, written: &[&CallResult], refused
                 task_id: task.clone(),
                 page_size: 1000,
                 page_token: String::new(),
+                ..Default::default()
             })
             .await
         {
@@ -302,6 +303,7 @@ async fn check_after_restart(store: &TestStore, written: &[&CallResult], refused
             .get_manifest(GetManifestRequest {
                 task_id: call.task_id.clone(),
                 run_id: call.run_id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|status| panic!("manifest of written run {key:?}: {status}"))
@@ -318,6 +320,7 @@ async fn check_after_restart(store: &TestStore, written: &[&CallResult], refused
             .get_manifest(GetManifestRequest {
                 task_id: call.task_id.clone(),
                 run_id: call.run_id.clone(),
+                ..Default::default()
             })
             .await
             .expect_err("a refused run has no manifest");

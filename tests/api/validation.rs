@@ -322,6 +322,7 @@ async fn the_default_limit_is_4_mib_minus_64_kib(backend: Backend) {
         .get_manifest(GetManifestRequest {
             task_id: "task".into(),
             run_id: "run".into(),
+            ..Default::default()
         })
         .await
         .expect("GetManifest within 4 MiB")

@@ -23,8 +23,8 @@ use pool::{Connections, PoolBuildError};
 pub use url::DatabaseUrl;
 
 use super::{
-    RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest, Target,
-    WriteReceipt, location,
+    RunRecord, SnapshotPage, SnapshotQuery, Storage, StorageError, StoredManifest, Target,
+    TaskPage, TaskQuery, WriteReceipt, location,
 };
 
 /// How the PostgreSQL backend is set up.
@@ -142,10 +142,19 @@ impl Storage for PostgresStorage {
     async fn read_snapshot(
         &self,
         task_id: &str,
-        after: Option<RunCursor>,
-        limit: usize,
+        query: SnapshotQuery,
     ) -> Result<SnapshotPage, StorageError> {
-        self.with_connection(async |conn| queries::snapshot_page(conn, task_id, after, limit).await)
+        self.with_connection(async |conn| queries::snapshot_page(conn, task_id, query).await)
+            .await
+    }
+
+    async fn delete_run(&self, task_id: &str, run_id: &str) -> Result<bool, StorageError> {
+        self.with_connection(async |conn| queries::delete_run(conn, task_id, run_id).await)
+            .await
+    }
+
+    async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError> {
+        self.with_connection(async |conn| queries::task_page(conn, &query).await)
             .await
     }
 

@@ -1,30 +1,35 @@
-//! The SQL of the PostgreSQL backend. Each write is one statement, so one
-//! autocommit transaction and one commit; reads are keyset seeks on the
-//! order index. None depends on the length of the task's history.
+//! The SQL of the PostgreSQL backend. A manifest write is one autocommit
+//! statement; a snapshot write and a delete are short transactions that lock
+//! their task's row first. Reads are keyset seeks on the order index or the
+//! tasks' key. None depends on the length of the task's history.
 
 use std::time::SystemTime;
 
-use deadpool_postgres::Object;
+use deadpool_postgres::{Object, Transaction};
 use futures_util::TryStreamExt;
 use tokio_postgres::IsolationLevel;
 
 use super::errors::classify;
 use crate::storage::{
-    PAGE_BYTE_BUDGET, RunCursor, RunInstant, RunRecord, SnapshotPage, StorageError, StoredManifest,
-    StoredRun,
+    PAGE_BYTE_BUDGET, RunCursor, RunInstant, RunRecord, SnapshotPage, SnapshotQuery, StorageError,
+    StoredManifest, StoredRun, TaskInfo, TaskPage, TaskQuery,
 };
 
 fn sql(err: tokio_postgres::Error) -> StorageError {
     classify(&err)
 }
 
-/// Draws the task's next sequence number and upserts the entry with it, in
-/// one statement. The `tasks` row lock it takes is held to the commit, so
-/// writers of one task — on any replica — commit in sequence order, and a
-/// rewritten run sorts as recorded last. Each statement locks the task row
-/// first and then one entry, always in that order: no deadlock.
-pub async fn write_snapshot(conn: &Object, run: &RunRecord) -> Result<u64, StorageError> {
-    let statement = conn
+/// Draws the task's next sequence number and upserts the entry with it,
+/// then brings the task's counters up to date, in one transaction. The
+/// `tasks` row lock the first statement takes is held to the commit, so
+/// writers and deleters of one task — on any replica — commit in sequence
+/// order, a rewritten run sorts as recorded last, and the counters
+/// statement (which sees every earlier commit: READ COMMITTED takes a
+/// snapshot per statement) is exact. Every transaction locks the task row
+/// first and then entries, always in that order: no deadlock.
+pub async fn write_snapshot(conn: &mut Object, run: &RunRecord) -> Result<u64, StorageError> {
+    let tx = conn.transaction().await.map_err(sql)?;
+    let upsert = tx
         .prepare_cached(
             "WITH seq AS (
                  INSERT INTO tasks (task_id, last_seq) VALUES ($1, 1)
@@ -39,25 +44,131 @@ pub async fn write_snapshot(conn: &Object, run: &RunRecord) -> Result<u64, Stora
                  instant_secs = excluded.instant_secs,
                  instant_nanos = excluded.instant_nanos,
                  seq = excluded.seq,
-                 summary_json = excluded.summary_json",
+                 summary_json = excluded.summary_json
+             RETURNING (xmax = 0)", // true when inserted, false when updated
         )
         .await
         .map_err(sql)?;
     let nanos = nanos_i32(run.instant.nanos);
-    conn.execute(
-        &statement,
-        &[
-            &run.task_id,
-            &run.run_id,
-            &run.timestamp,
-            &run.instant.secs,
-            &nanos,
-            &run.summary_json,
-        ],
-    )
-    .await
-    .map_err(sql)?;
+    let inserted: bool = tx
+        .query_one(
+            &upsert,
+            &[
+                &run.task_id,
+                &run.run_id,
+                &run.timestamp,
+                &run.instant.secs,
+                &nanos,
+                &run.summary_json,
+            ],
+        )
+        .await
+        .map_err(sql)?
+        .get(0);
+    update_task_counters(&tx, &run.task_id, i64::from(inserted)).await?;
+    tx.commit().await.map_err(sql)?;
     Ok((run.timestamp.len() + run.summary_json.len()) as u64)
+}
+
+/// Adds `added` to the task's run count and takes its latest timestamp from
+/// the top of the order index (one seek); drops the row of a task left
+/// without runs. The caller holds the task row's lock.
+async fn update_task_counters(
+    tx: &Transaction<'_>,
+    task_id: &str,
+    added: i64,
+) -> Result<(), StorageError> {
+    let update = tx
+        .prepare_cached(
+            "UPDATE tasks SET
+                 run_count = run_count + $2,
+                 last_run_at = (SELECT timestamp FROM snapshot_entries WHERE task_id = $1
+                                ORDER BY instant_secs DESC, instant_nanos DESC, seq DESC LIMIT 1)
+             WHERE task_id = $1",
+        )
+        .await
+        .map_err(sql)?;
+    tx.execute(&update, &[&task_id, &added])
+        .await
+        .map_err(sql)?;
+    if added < 0 {
+        let drop_empty = tx
+            .prepare_cached("DELETE FROM tasks WHERE task_id = $1 AND run_count <= 0")
+            .await
+            .map_err(sql)?;
+        tx.execute(&drop_empty, &[&task_id]).await.map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Removes both records of a run in one transaction, after locking its
+/// task's row (the order every writer of the task follows). Returns whether
+/// either record existed.
+pub async fn delete_run(
+    conn: &mut Object,
+    task_id: &str,
+    run_id: &str,
+) -> Result<bool, StorageError> {
+    let tx = conn.transaction().await.map_err(sql)?;
+    let lock = tx
+        .prepare_cached("SELECT 1 FROM tasks WHERE task_id = $1 FOR UPDATE")
+        .await
+        .map_err(sql)?;
+    tx.query_opt(&lock, &[&task_id]).await.map_err(sql)?;
+    let mut removed = [0u64; 2];
+    for (n, table) in ["snapshot_entries", "manifests"].into_iter().enumerate() {
+        let delete = tx
+            .prepare_cached(&format!(
+                "DELETE FROM {table} WHERE task_id = $1 AND run_id = $2"
+            ))
+            .await
+            .map_err(sql)?;
+        removed[n] = tx
+            .execute(&delete, &[&task_id, &run_id])
+            .await
+            .map_err(sql)?;
+    }
+    let [entries, manifests] = removed;
+    if entries > 0 {
+        let entries = i64::try_from(entries).unwrap_or(i64::MAX);
+        update_task_counters(&tx, task_id, -entries).await?;
+    }
+    tx.commit().await.map_err(sql)?;
+    Ok(entries + manifests > 0)
+}
+
+/// One page of tasks: a range seek on the primary key of `tasks` (see the
+/// SQLite backend's `task_page`, which this mirrors).
+pub async fn task_page(conn: &Object, query: &TaskQuery) -> Result<TaskPage, StorageError> {
+    let (from, skip) = query.range_start();
+    let end = query.prefix_end();
+    let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let statement = conn
+        .prepare_cached(
+            "SELECT task_id, run_count, last_run_at FROM tasks
+             WHERE task_id >= $1 AND task_id <> $2 AND ($3::text IS NULL OR task_id < $3)
+             ORDER BY task_id LIMIT $4",
+        )
+        .await
+        .map_err(sql)?;
+    let rows = conn
+        .query(&statement, &[&from, &skip, &end, &fetch])
+        .await
+        .map_err(sql)?;
+    let mut tasks: Vec<TaskInfo> = rows
+        .iter()
+        .map(|row| TaskInfo {
+            task_id: row.get(0),
+            run_count: u64::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
+            last_run_at: row.get::<_, Option<String>>(2).unwrap_or_default(),
+        })
+        .collect();
+    let more = tasks.len() > query.limit;
+    tasks.truncate(query.limit);
+    let next = more
+        .then(|| tasks.last().map(|task| task.task_id.clone()))
+        .flatten();
+    Ok(TaskPage { tasks, next })
 }
 
 pub async fn write_manifest(conn: &Object, run: &RunRecord) -> Result<u64, StorageError> {
@@ -137,8 +248,7 @@ pub async fn manifest(
 pub async fn snapshot_page(
     conn: &mut Object,
     task_id: &str,
-    after: Option<RunCursor>,
-    limit: usize,
+    query: SnapshotQuery,
 ) -> Result<SnapshotPage, StorageError> {
     let tx = conn
         .build_transaction()
@@ -160,22 +270,29 @@ pub async fn snapshot_page(
         .map_err(sql)?
         .ok_or(StorageError::NotFound)?
         .get(0);
-    let start = after.unwrap_or(RunCursor {
-        instant: RunInstant {
-            secs: i64::MIN,
-            nanos: 0,
-        },
-        seq: 0,
+    let start = query.after.unwrap_or(if query.newest_first {
+        RunCursor::LAST
+    } else {
+        RunCursor::FIRST
     });
+    // A summary left out is never detoasted.
     let page = tx
-        .prepare_cached(
-            "SELECT run_id, timestamp, instant_secs, instant_nanos, seq, summary_json
+        .prepare_cached(if query.newest_first {
+            "SELECT run_id, timestamp, instant_secs, instant_nanos, seq,
+                    CASE WHEN $6 THEN '' ELSE summary_json END
+             FROM snapshot_entries
+             WHERE task_id = $1 AND (instant_secs, instant_nanos, seq) < ($2, $3, $4)
+             ORDER BY instant_secs DESC, instant_nanos DESC, seq DESC LIMIT $5"
+        } else {
+            "SELECT run_id, timestamp, instant_secs, instant_nanos, seq,
+                    CASE WHEN $6 THEN '' ELSE summary_json END
              FROM snapshot_entries
              WHERE task_id = $1 AND (instant_secs, instant_nanos, seq) > ($2, $3, $4)
-             ORDER BY instant_secs, instant_nanos, seq LIMIT $5",
-        )
+             ORDER BY instant_secs, instant_nanos, seq LIMIT $5"
+        })
         .await
         .map_err(sql)?;
+    let limit = query.limit;
     let seq = i64::try_from(start.seq).unwrap_or(i64::MAX);
     // One row beyond the page says whether another follows. Rows stream
     // in, so the byte budget bounds memory whatever the page size.
@@ -193,6 +310,7 @@ pub async fn snapshot_page(
                     &nanos,
                     &seq,
                     &fetch,
+                    &query.omit_summaries,
                 ],
             )
             .await

@@ -47,6 +47,12 @@ enum Job {
         run: Arc<RunRecord>,
         reply: Reply<WriteReceipt>,
     },
+    /// DeleteRun: both records in one savepoint, so they share one fate.
+    Delete {
+        task_id: String,
+        run_id: String,
+        reply: Reply<bool>,
+    },
     Probe {
         reply: Reply<()>,
     },
@@ -126,6 +132,17 @@ impl Committer {
     ) -> Result<WriteReceipt, StorageError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Write { target, run, reply })?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Deletes a run; `Ok(found)` once the commit that removed it is durable.
+    pub async fn delete(&self, task_id: &str, run_id: &str) -> Result<bool, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Delete {
+            task_id: task_id.to_owned(),
+            run_id: run_id.to_owned(),
+            reply,
+        })?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
@@ -306,16 +323,29 @@ enum BatchError {
 }
 
 /// What one job produced inside a committed transaction.
-type JobResult = Result<Option<WriteReceipt>, StorageError>;
+enum Output {
+    Written(WriteReceipt),
+    Deleted { found: bool },
+    Probed,
+}
+
+type JobResult = Result<Output, StorageError>;
 
 fn answer(job: Job, result: JobResult) {
     // A caller that went away no longer needs its answer; the write stands.
+    let mismatch = || StorageError::Internal("a job produced another job's output".into());
     match job {
         Job::Write { reply, .. } => {
-            let receipt = result.and_then(|r| {
-                r.ok_or_else(|| StorageError::Internal("write produced no receipt".into()))
-            });
-            let _ = reply.send(receipt);
+            let _ = reply.send(result.and_then(|out| match out {
+                Output::Written(receipt) => Ok(receipt),
+                _ => Err(mismatch()),
+            }));
+        }
+        Job::Delete { reply, .. } => {
+            let _ = reply.send(result.and_then(|out| match out {
+                Output::Deleted { found } => Ok(found),
+                _ => Err(mismatch()),
+            }));
         }
         Job::Probe { reply } => {
             let _ = reply.send(result.map(|_| ()));
@@ -340,8 +370,13 @@ fn try_transaction(conn: &Connection, batch: &[&Job]) -> Result<Vec<JobResult>, 
     for (index, job) in batch.iter().enumerate() {
         conn.execute_batch("SAVEPOINT write").map_err(sqlite)?;
         let applied = match job {
-            Job::Write { target, run, .. } => writes::apply(conn, *target, run).map(Some),
-            Job::Probe { .. } => writes::probe(conn).map(|()| None),
+            Job::Write { target, run, .. } => {
+                writes::apply(conn, *target, run).map(Output::Written)
+            }
+            Job::Delete {
+                task_id, run_id, ..
+            } => writes::delete_run(conn, task_id, run_id).map(|found| Output::Deleted { found }),
+            Job::Probe { .. } => writes::probe(conn).map(|()| Output::Probed),
         };
         match applied {
             Ok(receipt) => {

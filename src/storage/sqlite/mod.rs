@@ -31,7 +31,8 @@ pub use connection::{DATABASE_FILE, LockWait, OpenDatabaseError};
 use reads::ReadPool;
 
 use super::{
-    RunCursor, RunRecord, SnapshotPage, Storage, StorageError, StoredManifest, Target, WriteReceipt,
+    RunRecord, SnapshotPage, SnapshotQuery, Storage, StorageError, StoredManifest, Target,
+    TaskPage, TaskQuery, WriteReceipt,
 };
 
 /// How the SQLite backend is set up.
@@ -148,12 +149,21 @@ impl Storage for SqliteStorage {
     async fn read_snapshot(
         &self,
         task_id: &str,
-        after: Option<RunCursor>,
-        limit: usize,
+        query: SnapshotQuery,
     ) -> Result<SnapshotPage, StorageError> {
         let task_id = task_id.to_owned();
         self.reads
-            .run(move |conn| reads::snapshot_page(conn, &task_id, after, limit))
+            .run(move |conn| reads::snapshot_page(conn, &task_id, query))
+            .await
+    }
+
+    async fn delete_run(&self, task_id: &str, run_id: &str) -> Result<bool, StorageError> {
+        self.committer.delete(task_id, run_id).await
+    }
+
+    async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError> {
+        self.reads
+            .run(move |conn| reads::task_page(conn, &query))
             .await
     }
 

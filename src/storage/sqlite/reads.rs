@@ -15,7 +15,8 @@ use super::{
     errors::classify,
 };
 use crate::storage::{
-    PAGE_BYTE_BUDGET, RunCursor, RunInstant, SnapshotPage, StorageError, StoredManifest, StoredRun,
+    PAGE_BYTE_BUDGET, RunCursor, RunInstant, SnapshotPage, SnapshotQuery, StorageError,
+    StoredManifest, StoredRun, TaskInfo, TaskPage, TaskQuery,
 };
 
 /// Read connections kept open; more readers queue for one.
@@ -125,14 +126,14 @@ pub fn manifest(
     })
 }
 
-/// One page of a task's history: a keyset seek on the order index, so its
-/// cost does not depend on where in the history it starts. Both statements
-/// run in one read transaction, so the page and `last_run_at` agree.
+/// One page of a task's history: a keyset seek on the order index (read
+/// forwards or backwards), so its cost does not depend on where in the
+/// history it starts. Both statements run in one read transaction, so the
+/// page and `last_run_at` agree.
 pub fn snapshot_page(
     conn: &Connection,
     task_id: &str,
-    after: Option<RunCursor>,
-    limit: usize,
+    query: SnapshotQuery,
 ) -> Result<SnapshotPage, StorageError> {
     let tx = conn.unchecked_transaction().map_err(sql)?;
     let last_run_at: Option<String> = tx
@@ -146,24 +147,32 @@ pub fn snapshot_page(
         .map_err(sql)?;
     let last_run_at = last_run_at.ok_or(StorageError::NotFound)?;
 
-    let start = after.unwrap_or(RunCursor {
-        instant: RunInstant {
-            secs: i64::MIN,
-            nanos: 0,
-        },
-        seq: 0,
+    let start = query.after.unwrap_or(if query.newest_first {
+        RunCursor::LAST
+    } else {
+        RunCursor::FIRST
     });
+    // The summary is read only when asked for: SQLite loads a column, and
+    // the overflow pages of a large one, only when it is evaluated.
     let mut statement = tx
-        .prepare_cached(
-            "SELECT run_id, timestamp, instant_secs, instant_nanos, seq, summary_json
+        .prepare_cached(if query.newest_first {
+            "SELECT run_id, timestamp, instant_secs, instant_nanos, seq,
+                    CASE WHEN ?6 THEN '' ELSE summary_json END
+             FROM snapshot_entries
+             WHERE task_id = ?1 AND (instant_secs, instant_nanos, seq) < (?2, ?3, ?4)
+             ORDER BY instant_secs DESC, instant_nanos DESC, seq DESC LIMIT ?5"
+        } else {
+            "SELECT run_id, timestamp, instant_secs, instant_nanos, seq,
+                    CASE WHEN ?6 THEN '' ELSE summary_json END
              FROM snapshot_entries
              WHERE task_id = ?1 AND (instant_secs, instant_nanos, seq) > (?2, ?3, ?4)
-             ORDER BY instant_secs, instant_nanos, seq LIMIT ?5",
-        )
+             ORDER BY instant_secs, instant_nanos, seq LIMIT ?5"
+        })
         .map_err(sql)?;
     let seq = i64::try_from(start.seq).unwrap_or(i64::MAX);
     // One row beyond the page says whether another page follows; its
     // summary is never read.
+    let limit = query.limit;
     let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
     let mut rows = statement
         .query(params![
@@ -171,7 +180,8 @@ pub fn snapshot_page(
             start.instant.secs,
             start.instant.nanos,
             seq,
-            fetch
+            fetch,
+            query.omit_summaries,
         ])
         .map_err(sql)?;
     let mut runs = Vec::new();
@@ -208,6 +218,45 @@ pub fn snapshot_page(
         runs,
         next,
     })
+}
+
+/// One page of tasks: a range seek on the primary key of `tasks`, which
+/// holds a row only for tasks with runs (and the probe's, with the empty id,
+/// which is skipped). The seek starts at the previous page's last id, or at
+/// the prefix, and ends with the prefix.
+pub fn task_page(conn: &Connection, query: &TaskQuery) -> Result<TaskPage, StorageError> {
+    let (from, skip) = query.range_start();
+    let end = query.prefix_end();
+    let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT task_id, run_count, last_run_at FROM tasks
+             WHERE task_id >= ?1 AND task_id <> ?2 AND (?3 IS NULL OR task_id < ?3)
+             ORDER BY task_id LIMIT ?4",
+        )
+        .map_err(sql)?;
+    let mut rows = statement
+        .query(params![from, skip, end, fetch])
+        .map_err(sql)?;
+    let mut tasks = Vec::new();
+    let mut more = false;
+    while let Some(row) = rows.next().map_err(sql)? {
+        if tasks.len() == query.limit {
+            more = true;
+            break;
+        }
+        let run_count: i64 = row.get(1).map_err(sql)?;
+        let last_run_at: Option<String> = row.get(2).map_err(sql)?;
+        tasks.push(TaskInfo {
+            task_id: row.get(0).map_err(sql)?,
+            run_count: u64::try_from(run_count).unwrap_or_default(),
+            last_run_at: last_run_at.unwrap_or_default(),
+        });
+    }
+    let next = more
+        .then(|| tasks.last().map(|task| task.task_id.clone()))
+        .flatten();
+    Ok(TaskPage { tasks, next })
 }
 
 /// Bytes free inside the database file: pages SQLite will reuse first.
