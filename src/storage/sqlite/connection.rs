@@ -132,12 +132,7 @@ pub fn open_connection(path: &Path, lock_wait: LockWait) -> Result<Connection, O
     )
     .map_err(err)?;
     install_busy_handler(&mut conn, lock_wait).map_err(err)?;
-    // journal_mode=WAL needs a moment of exclusive access when it changes
-    // the mode; the busy handler covers processes opening a fresh database
-    // together.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
-        .map_err(err)?;
+    let mode = set_wal_mode(&conn, lock_wait).map_err(err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(err(rusqlite::Error::InvalidParameterName(format!(
             "journal_mode is {mode}, WAL required"
@@ -150,6 +145,26 @@ pub fn open_connection(path: &Path, lock_wait: LockWait) -> Result<Connection, O
     )
     .map_err(err)?;
     Ok(conn)
+}
+
+/// Switches a fresh database to WAL (a no-op on one that is already). The
+/// switch upgrades a shared lock to an exclusive one, and SQLite answers
+/// SQLITE_BUSY at once, without its busy handler, where an upgrade could
+/// deadlock with another process's: so processes opening a fresh data dir
+/// together retry here, within the lock timeout.
+fn set_wal_mode(conn: &Connection, lock_wait: LockWait) -> rusqlite::Result<String> {
+    let started = Instant::now();
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < lock_wait.timeout =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The committer's connection: as [`open_connection`], with automatic
