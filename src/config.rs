@@ -8,8 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     api::{DEFAULT_MAX_SUMMARY_BYTES, ServiceSettings, WriteMode},
     server::admission::DEFAULT_MAX_IN_FLIGHT,
-    server::auth::{BearerTokens, TokensError},
-    server::{ServerSettings, TlsSettings},
+    server::{
+        ServerSettings, TlsSettings,
+        auth::{BearerTokens, TokensError},
+        sweep::SweepSettings,
+    },
     storage::{
         StorageSetting,
         postgres::{DatabaseUrl, PostgresSettings},
@@ -76,6 +79,14 @@ pub struct ServeArgs {
     /// How often storage is probed (a durable write) for the health status.
     #[arg(long, env = "RUNSTORE_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
+
+    /// How often the background sweep prunes old events.
+    #[arg(long, env = "RUNSTORE_SWEEP_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// How long WatchRuns events are kept; a cursor older than that gets OUT_OF_RANGE.
+    #[arg(long, env = "RUNSTORE_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub event_retention: Duration,
 
     /// Log line format; filter with RUST_LOG (default: info).
     #[arg(long, env = "RUNSTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -212,6 +223,10 @@ impl ServeArgs {
             max_in_flight: self.max_in_flight,
             tls,
             auth,
+            sweep: SweepSettings {
+                interval: self.sweep_interval,
+                event_retention: self.event_retention,
+            },
         })
     }
 }

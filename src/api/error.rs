@@ -28,8 +28,24 @@ pub enum ApiError {
     DeadlineExceeded,
     #[error("the server is at its limit of {limit} calls in flight; retry with backoff")]
     Overloaded { limit: usize },
+    #[error(
+        "this watcher fell {} events behind; resume after {resume_after}",
+        crate::api::watch::BUFFER
+    )]
+    WatcherBehind { resume_after: String },
+    #[error("the server is shutting down; resume after {resume_after} on another replica")]
+    WatchInterrupted { resume_after: String },
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+}
+
+/// The ErrorInfo that tells a watcher where to resume.
+fn resume_info(reason: &str, resume_after: String) -> ErrorDetails {
+    ErrorDetails::with_error_info(
+        reason,
+        "runstore",
+        [("resume_after".to_owned(), resume_after)],
+    )
 }
 
 impl From<ApiError> for Status {
@@ -48,6 +64,19 @@ impl From<ApiError> for Status {
             ApiError::NotFound(_) => Status::not_found(message),
             ApiError::ShuttingDown => Status::unavailable(message),
             ApiError::DeadlineExceeded => Status::deadline_exceeded(message),
+            ApiError::WatcherBehind { resume_after } => Status::with_error_details(
+                Code::Aborted,
+                message,
+                resume_info("WATCHER_BEHIND", resume_after),
+            ),
+            ApiError::WatchInterrupted { resume_after } => Status::with_error_details(
+                Code::Unavailable,
+                message,
+                resume_info("SHUTTING_DOWN", resume_after),
+            ),
+            ApiError::Storage(StorageError::CursorPruned) => Status::out_of_range(
+                "events after this cursor have been pruned (--event-retention): read again and watch from now",
+            ),
             ApiError::Storage(source) => {
                 tracing::error!(error = %source, "storage read failed");
                 Status::new(storage_failure(&source).code, message)
@@ -68,6 +97,7 @@ pub struct FailureClass {
 pub fn storage_failure(err: &StorageError) -> FailureClass {
     let (code, retryable) = match err {
         StorageError::NotFound => (Code::NotFound, false),
+        StorageError::CursorPruned => (Code::OutOfRange, false),
         StorageError::Unavailable(_) => (Code::Unavailable, true),
         StorageError::Exhausted(_) => (Code::ResourceExhausted, true),
         StorageError::Aborted(_) => (Code::Aborted, true),

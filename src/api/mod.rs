@@ -4,16 +4,19 @@
 //! - [`validate`]: id, timestamp and JSON rules.
 //! - [`write_report`]: per-write statuses and the manifest-first outcome.
 //! - [`error`]: API errors and the one mapping of errors to gRPC codes.
-//! - [`page_token`]: the opaque page tokens of GetTaskSnapshot and ListTasks.
+//! - [`page_token`]: the opaque tokens of GetTaskSnapshot and ListTasks and
+//!   the WatchRuns cursor.
+//! - [`watch`]: the WatchRuns stream.
 
 pub mod error;
 pub mod page_token;
 pub mod validate;
+pub mod watch;
 pub mod write_report;
 
 use std::{sync::Arc, time::Instant};
 
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, field};
 
@@ -21,8 +24,8 @@ use crate::{
     proto::{
         CompleteRunRequest, CompleteRunResponse, DeleteRunRequest, DeleteRunResponse,
         GetManifestRequest, GetManifestResponse, GetTaskSnapshotRequest, GetTaskSnapshotResponse,
-        ListTasksRequest, ListTasksResponse, RunEntry, TaskSummary, WriteStatus, WriteTarget,
-        persistence_service_server::PersistenceService,
+        ListTasksRequest, ListTasksResponse, RunEntry, TaskSummary, WatchRunsRequest, WriteStatus,
+        WriteTarget, persistence_service_server::PersistenceService,
     },
     server::{
         admission::{Admission, AdmittedCall},
@@ -82,6 +85,8 @@ pub struct PersistenceApi {
     admission: Admission,
     /// Every write task, so shutdown can wait for writes whose caller left.
     writes: TaskTracker,
+    /// Cancelled when shutdown begins: watchers end with their cursor.
+    stop: CancellationToken,
 }
 
 impl PersistenceApi {
@@ -90,12 +95,14 @@ impl PersistenceApi {
         settings: ServiceSettings,
         admission: Admission,
         writes: TaskTracker,
+        stop: CancellationToken,
     ) -> Self {
         Self {
             storage,
             settings,
             admission,
             writes,
+            stop,
         }
     }
 
@@ -379,6 +386,27 @@ impl PersistenceApi {
             .map_err(|err| ApiError::Storage(StorageError::Internal(format!("delete task: {err}"))))
     }
 
+    /// Starts a watcher. Its admission lasts only until the stream is set
+    /// up: a watch is long-lived and must not hold an in-flight slot.
+    async fn watch_runs(&self, req: WatchRunsRequest) -> Result<watch::WatchStream, ApiError> {
+        let _call = self.admission.admit()?;
+        validate::id_prefix("task_prefix", &req.task_prefix)?;
+        let start = if req.after.is_empty() {
+            self.storage.event_head().await?
+        } else {
+            page_token::decode_event(&req.after).ok_or_else(|| ApiError::InvalidArgument {
+                field: "after",
+                rule: "must be a RunEvent.cursor returned by WatchRuns".into(),
+            })?
+        };
+        Ok(watch::spawn(
+            Arc::clone(&self.storage),
+            start,
+            req.task_prefix,
+            self.stop.clone(),
+        ))
+    }
+
     async fn list_tasks(&self, req: ListTasksRequest) -> Result<ListTasksResponse, ApiError> {
         let _call = self.admission.admit()?;
         validate::id_prefix("prefix", &req.prefix)?;
@@ -549,5 +577,18 @@ impl PersistenceService for PersistenceApi {
         let span = tracing::info_span!("rpc", rpc = "ListTasks", prefix = ?req.prefix);
         let reply = self.list_tasks(req).instrument(span).await?;
         Ok(Response::new(reply))
+    }
+
+    type WatchRunsStream = watch::WatchStream;
+
+    async fn watch_runs(
+        &self,
+        request: Request<WatchRunsRequest>,
+    ) -> Result<Response<Self::WatchRunsStream>, Status> {
+        require(request.extensions(), Scope::Read, "WatchRuns")?;
+        let req = request.into_inner();
+        let span = tracing::info_span!("rpc", rpc = "WatchRuns", task_prefix = ?req.task_prefix);
+        let stream = self.watch_runs(req).instrument(span).await?;
+        Ok(Response::new(stream))
     }
 }

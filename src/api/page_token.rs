@@ -5,7 +5,7 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use crate::storage::{RunCursor, RunInstant};
+use crate::storage::{EventCursor, RunCursor, RunInstant};
 
 /// The first byte of a snapshot token: its version and order. Version 1
 /// (oldest first) predates `newest_first`, so its tokens keep working.
@@ -14,6 +14,9 @@ const NEWEST_FIRST: u8 = 2;
 const SNAPSHOT_LEN: usize = 1 + 8 + 4 + 8;
 /// The first byte of a ListTasks token, apart from every snapshot token's.
 const TASKS: u8 = 0x10;
+/// The first byte of a WatchRuns cursor.
+const EVENTS: u8 = 0x20;
+const EVENT_LEN: usize = 1 + 8 + 8;
 
 /// A GetTaskSnapshot position and the order it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,27 @@ pub fn decode_task(token: &str) -> Option<String> {
     String::from_utf8(id.to_vec()).ok()
 }
 
+/// A RunEvent cursor.
+pub fn encode_event(cursor: &EventCursor) -> String {
+    let mut bytes = Vec::with_capacity(EVENT_LEN);
+    bytes.push(EVENTS);
+    bytes.extend_from_slice(&cursor.tx.to_be_bytes());
+    bytes.extend_from_slice(&cursor.id.to_be_bytes());
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `None` when the cursor was not made by [`encode_event`].
+pub fn decode_event(token: &str) -> Option<EventCursor> {
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+    if bytes.len() != EVENT_LEN || bytes[0] != EVENTS {
+        return None;
+    }
+    Some(EventCursor {
+        tx: u64::from_be_bytes(bytes[1..9].try_into().ok()?),
+        id: u64::from_be_bytes(bytes[9..17].try_into().ok()?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +125,23 @@ mod tests {
             &encode_task("a-task-id-of-twenty1"),
         ] {
             assert_eq!(decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn event_cursors_round_trip_and_reject_foreign_ones() {
+        let cursor = EventCursor {
+            tx: 7,
+            id: u64::MAX,
+        };
+        assert_eq!(decode_event(&encode_event(&cursor)), Some(cursor));
+        for bad in [
+            "",
+            "x",
+            &encode_task("seventeen-bytes!"),
+            &URL_SAFE_NO_PAD.encode([EVENTS; EVENT_LEN + 1]),
+        ] {
+            assert_eq!(decode_event(bad), None, "{bad:?}");
         }
     }
 

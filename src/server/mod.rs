@@ -16,6 +16,7 @@ pub mod admission;
 pub mod auth;
 pub mod deadline;
 pub mod health;
+pub mod sweep;
 
 use crate::{
     api::{PersistenceApi, ServiceSettings},
@@ -74,6 +75,8 @@ pub struct ServerSettings {
     pub tls: Option<TlsSettings>,
     /// Require one of these bearer tokens on persistence calls.
     pub auth: Option<BearerTokens>,
+    /// The background sweep of old events.
+    pub sweep: sweep::SweepSettings,
 }
 
 impl Default for ServerSettings {
@@ -86,6 +89,7 @@ impl Default for ServerSettings {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             tls: None,
             auth: None,
+            sweep: sweep::SweepSettings::default(),
         }
     }
 }
@@ -144,6 +148,7 @@ pub async fn run(
         settings.service,
         admission.clone(),
         writes.clone(),
+        stop.clone(),
     );
     // gzip and zstd both ways: requests in either are accepted, and replies
     // are compressed for clients that list one in `grpc-accept-encoding`
@@ -168,6 +173,11 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    tokio::spawn(sweep::run(
+        Arc::clone(&storage),
+        settings.sweep,
+        stop.clone(),
+    ));
     tokio::spawn(monitor_storage(
         storage,
         health.clone(),

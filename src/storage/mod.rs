@@ -4,10 +4,12 @@
 //!
 //! - [`open`](open()): the factory that builds a backend from the storage setting.
 //! - [`history`]: the ordering key of a task's runs and the page types.
+//! - [`events`]: the change feed's cursor and events.
 //! - [`migrations`]: the versioned schema of both backends.
 //! - [`sqlite`]: the embedded default, group-committed SQLite.
 //! - [`postgres`]: PostgreSQL, for stateless replicas sharing one database.
 
+pub mod events;
 pub mod history;
 pub mod migrations;
 mod open;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use events::{EventCursor, EventKind, EventPage, EventQuery, RunEvent};
 pub use history::{
     PAGE_BYTE_BUDGET, RunCursor, RunInstant, SnapshotPage, SnapshotQuery, StoredRun, TaskInfo,
     TaskPage, TaskQuery,
@@ -79,6 +82,9 @@ pub enum StorageError {
     /// Lost a race for a lock or a transaction; retry at once.
     #[error("storage write aborted: {0}")]
     Aborted(String),
+    /// Events after the cursor have been pruned (`--event-retention`).
+    #[error("events after this cursor have been pruned")]
+    CursorPruned,
     /// Stored data failed an integrity check.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -146,6 +152,23 @@ pub trait Storage: Send + Sync + 'static {
     /// Lists tasks that have runs, in task id order, from the counters the
     /// writes keep: a page costs the same however many tasks exist.
     async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError>;
+
+    /// The position after the newest event: a watch from now starts there.
+    async fn event_head(&self) -> Result<EventCursor, StorageError>;
+
+    /// Reads events after `query.after` in cursor order, never one whose
+    /// transaction could still be followed by an earlier cursor's commit.
+    /// `CursorPruned` when events after the cursor were pruned.
+    async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StorageError>;
+
+    /// Changes whenever new events may be readable: at once for this
+    /// process's commits (and, on PostgreSQL, other replicas' via
+    /// LISTEN/NOTIFY). A watcher also polls slowly, for what it misses.
+    fn event_signal(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Removes events recorded before `before`, a bounded batch at a time;
+    /// returns how many it removed.
+    async fn prune_events(&self, before: std::time::SystemTime) -> Result<u64, StorageError>;
 
     /// Proves the backend can durably write right now, with room to spare.
     async fn check_health(&self) -> Result<(), StorageError>;

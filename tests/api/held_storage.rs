@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use runstore::{
     proto::WriteTarget,
     storage::{
-        RunRecord, SnapshotPage, SnapshotQuery, Storage, StorageError, StoredManifest, TaskPage,
-        TaskQuery, WriteReceipt,
+        EventCursor, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
+        StorageError, StoredManifest, TaskPage, TaskQuery, WriteReceipt,
     },
 };
 use tokio::sync::{Semaphore, watch};
@@ -86,6 +86,18 @@ impl<H: Hooks> Storage for Hooked<H> {
     }
     async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError> {
         self.inner.list_tasks(query).await
+    }
+    async fn event_head(&self) -> Result<EventCursor, StorageError> {
+        self.inner.event_head().await
+    }
+    async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StorageError> {
+        self.inner.read_events(query).await
+    }
+    fn event_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.event_signal()
+    }
+    async fn prune_events(&self, before: std::time::SystemTime) -> Result<u64, StorageError> {
+        self.inner.prune_events(before).await
     }
     async fn check_health(&self) -> Result<(), StorageError> {
         self.hooks.before_health_check().await;

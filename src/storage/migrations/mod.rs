@@ -27,6 +27,11 @@ pub const SQLITE: &[Migration] = &[
         name: "task_counters",
         sql: include_str!("sqlite/0002_task_counters.sql"),
     },
+    Migration {
+        version: 3,
+        name: "run_events",
+        sql: include_str!("sqlite/0003_run_events.sql"),
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
@@ -39,6 +44,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "task_counters",
         sql: include_str!("postgres/0002_task_counters.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "run_events",
+        sql: include_str!("postgres/0003_run_events.sql"),
     },
 ];
 

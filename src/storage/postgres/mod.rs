@@ -7,10 +7,12 @@
 //! - [`pool`]: the pool, TLS, and the reconnect gate (backoff with jitter).
 //! - [`migrate`]: the versioned migrations under an advisory lock.
 //! - [`queries`]: the SQL.
+//! - [`notify`]: LISTEN/NOTIFY, which wakes the watchers of every replica.
 //! - [`errors`]: SQLSTATEs as storage error kinds.
 
 mod errors;
 mod migrate;
+mod notify;
 mod pool;
 mod queries;
 pub mod url;
@@ -23,8 +25,8 @@ use pool::{Connections, PoolBuildError};
 pub use url::DatabaseUrl;
 
 use super::{
-    RunRecord, SnapshotPage, SnapshotQuery, Storage, StorageError, StoredManifest, Target,
-    TaskPage, TaskQuery, WriteReceipt, location,
+    EventCursor, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
+    StorageError, StoredManifest, Target, TaskPage, TaskQuery, WriteReceipt, location,
 };
 
 /// How the PostgreSQL backend is set up.
@@ -59,7 +61,11 @@ pub enum PostgresOpenError {
 
 pub struct PostgresStorage {
     connections: Arc<Connections>,
+    notifier: notify::EventNotifier,
 }
+
+/// Most events one pruning step removes.
+const PRUNE_BATCH: usize = 1000;
 
 impl PostgresStorage {
     /// Connects, refuses a server that does not make commits durable,
@@ -91,7 +97,11 @@ impl PostgresStorage {
             pool_size = settings.pool_size,
             "postgres storage open"
         );
-        Ok(Self { connections })
+        let notifier = notify::EventNotifier::start(settings, Arc::clone(&connections))?;
+        Ok(Self {
+            connections,
+            notifier,
+        })
     }
 
     /// Runs `write` on a pooled connection and reports its outcome to the
@@ -113,6 +123,9 @@ impl PostgresStorage {
                 Target::Manifest => queries::write_manifest(conn, run).await,
             })
             .await?;
+        if target == Target::Manifest {
+            self.notifier.committed();
+        }
         Ok(WriteReceipt {
             location: location(target, &run.task_id, &run.run_id),
             bytes,
@@ -149,8 +162,42 @@ impl Storage for PostgresStorage {
     }
 
     async fn delete_run(&self, task_id: &str, run_id: &str) -> Result<bool, StorageError> {
-        self.with_connection(async |conn| queries::delete_run(conn, task_id, run_id).await)
+        let found = self
+            .with_connection(async |conn| queries::delete_run(conn, task_id, run_id).await)
+            .await?;
+        if found {
+            self.notifier.committed();
+        }
+        Ok(found)
+    }
+
+    async fn event_head(&self) -> Result<EventCursor, StorageError> {
+        self.with_connection(async |conn| queries::event_head(conn).await)
             .await
+    }
+
+    async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StorageError> {
+        self.with_connection(async |conn| queries::events(conn, query).await)
+            .await
+    }
+
+    fn event_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.notifier.subscribe()
+    }
+
+    async fn prune_events(&self, before: std::time::SystemTime) -> Result<u64, StorageError> {
+        let mut removed = 0;
+        loop {
+            let step = self
+                .with_connection(async |conn| {
+                    queries::prune_events(conn, before, PRUNE_BATCH).await
+                })
+                .await?;
+            removed += step;
+            if step < PRUNE_BATCH as u64 {
+                return Ok(removed);
+            }
+        }
     }
 
     async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError> {

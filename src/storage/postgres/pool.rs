@@ -48,16 +48,25 @@ struct Gate {
     retry_at: Option<Instant>,
 }
 
+/// How every connection of this replica connects: the URL's settings and
+/// TLS as its `sslmode` asks.
+pub fn connect_config(
+    settings: &PostgresSettings,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), PoolBuildError> {
+    let mut config: tokio_postgres::Config =
+        settings.url.expose().parse().map_err(PoolBuildError::Url)?;
+    config
+        .connect_timeout(settings.connect_timeout)
+        .application_name("runstore");
+    Ok((config, MakeRustlsConnect::new(tls_config(settings)?)))
+}
+
 impl Connections {
     pub fn build(settings: &PostgresSettings) -> Result<Arc<Self>, PoolBuildError> {
-        let mut config: tokio_postgres::Config =
-            settings.url.expose().parse().map_err(PoolBuildError::Url)?;
-        config
-            .connect_timeout(settings.connect_timeout)
-            .application_name("runstore");
+        let (config, tls) = connect_config(settings)?;
         let manager = Manager::from_config(
             config,
-            MakeRustlsConnect::new(tls_config(settings)?),
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -11,8 +11,9 @@ use tokio_postgres::IsolationLevel;
 
 use super::errors::classify;
 use crate::storage::{
-    PAGE_BYTE_BUDGET, RunCursor, RunInstant, RunRecord, SnapshotPage, SnapshotQuery, StorageError,
-    StoredManifest, StoredRun, TaskInfo, TaskPage, TaskQuery,
+    EventCursor, EventKind, EventPage, EventQuery, PAGE_BYTE_BUDGET, RunCursor, RunEvent,
+    RunInstant, RunRecord, SnapshotPage, SnapshotQuery, StorageError, StoredManifest, StoredRun,
+    TaskInfo, TaskPage, TaskQuery,
 };
 
 fn sql(err: tokio_postgres::Error) -> StorageError {
@@ -115,26 +116,165 @@ pub async fn delete_run(
         .await
         .map_err(sql)?;
     tx.query_opt(&lock, &[&task_id]).await.map_err(sql)?;
-    let mut removed = [0u64; 2];
-    for (n, table) in ["snapshot_entries", "manifests"].into_iter().enumerate() {
+    let mut timestamps = Vec::with_capacity(2);
+    for table in ["snapshot_entries", "manifests"] {
         let delete = tx
             .prepare_cached(&format!(
-                "DELETE FROM {table} WHERE task_id = $1 AND run_id = $2"
+                "DELETE FROM {table} WHERE task_id = $1 AND run_id = $2 RETURNING timestamp"
             ))
             .await
             .map_err(sql)?;
-        removed[n] = tx
-            .execute(&delete, &[&task_id, &run_id])
+        let removed = tx
+            .query_opt(&delete, &[&task_id, &run_id])
             .await
             .map_err(sql)?;
+        timestamps.push(removed.map(|row| row.get::<_, String>(0)));
     }
-    let [entries, manifests] = removed;
-    if entries > 0 {
-        let entries = i64::try_from(entries).unwrap_or(i64::MAX);
-        update_task_counters(&tx, task_id, -entries).await?;
+    let [entry, manifest]: [Option<String>; 2] = timestamps
+        .try_into()
+        .map_err(|_| StorageError::Internal("two deletes".into()))?;
+    if entry.is_some() {
+        update_task_counters(&tx, task_id, -1).await?;
     }
+    let Some(timestamp) = manifest.or(entry) else {
+        tx.commit().await.map_err(sql)?;
+        return Ok(false);
+    };
+    let event = tx
+        .prepare_cached(
+            "INSERT INTO run_events (kind, task_id, run_id, timestamp) VALUES ('DELETED', $1, $2, $3)",
+        )
+        .await
+        .map_err(sql)?;
+    tx.execute(&event, &[&task_id, &run_id, &timestamp])
+        .await
+        .map_err(sql)?;
     tx.commit().await.map_err(sql)?;
-    Ok(entries + manifests > 0)
+    Ok(true)
+}
+
+/// Where a watch from now starts: every transaction below the snapshot's
+/// xmin has ended, so everything from there on is still to come (or in
+/// flight).
+pub async fn event_head(conn: &Object) -> Result<EventCursor, StorageError> {
+    let row = conn
+        .query_one(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            &[],
+        )
+        .await
+        .map_err(sql)?;
+    Ok(EventCursor {
+        tx: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
+        id: 0,
+    })
+}
+
+/// Events after the cursor whose transaction is below the snapshot's xmin
+/// (see `0003_run_events.sql`: such events are final, in cursor order), and
+/// the pruning horizon, from one snapshot.
+pub async fn events(conn: &mut Object, query: &EventQuery) -> Result<EventPage, StorageError> {
+    let tx = conn
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(sql)?;
+    let horizon = tx
+        .query_one("SELECT tx, up_to FROM run_events_pruned", &[])
+        .await
+        .map_err(sql)?;
+    let (after_tx, after_id) = (as_i64(query.after.tx), as_i64(query.after.id));
+    if (after_tx, after_id) < (horizon.get::<_, i64>(0), horizon.get::<_, i64>(1)) {
+        return Err(StorageError::CursorPruned);
+    }
+    let statement = tx
+        .prepare_cached(
+            "SELECT tx, id, kind, task_id, run_id, timestamp, recorded_at FROM run_events
+             WHERE (tx, id) > ($1, $2)
+               AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+             ORDER BY tx, id LIMIT $3",
+        )
+        .await
+        .map_err(sql)?;
+    let limit = as_i64(query.limit as u64);
+    let rows = tx
+        .query(&statement, &[&after_tx, &after_id, &limit])
+        .await
+        .map_err(sql)?;
+    tx.commit().await.map_err(sql)?;
+    let mut page = EventPage {
+        events: Vec::new(),
+        scanned_to: query.after,
+        full: rows.len() == query.limit,
+    };
+    for row in rows {
+        let cursor = EventCursor {
+            tx: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
+            id: u64::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
+        };
+        page.scanned_to = cursor;
+        let task_id: String = row.get(3);
+        if !task_id.starts_with(&query.task_prefix) {
+            continue;
+        }
+        let kind: String = row.get(2);
+        page.events.push(RunEvent {
+            cursor,
+            kind: EventKind::parse(&kind)
+                .ok_or_else(|| StorageError::Corrupt(format!("run_events.kind {kind:?}")))?,
+            task_id,
+            run_id: row.get(4),
+            timestamp: row.get(5),
+            recorded_at: row.get::<_, SystemTime>(6),
+        });
+    }
+    Ok(page)
+}
+
+/// One pruning step: the oldest final events recorded before `before`, at
+/// most `batch`, in cursor order up to the first younger one, and the
+/// horizon moved past them, in one statement.
+pub async fn prune_events(
+    conn: &Object,
+    before: SystemTime,
+    batch: usize,
+) -> Result<u64, StorageError> {
+    let statement = conn
+        .prepare_cached(
+            "WITH oldest AS (
+                 SELECT tx, id, recorded_at FROM run_events
+                 WHERE tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                 ORDER BY tx, id LIMIT $2
+             ), young AS (
+                 SELECT tx, id FROM oldest WHERE recorded_at >= $1 ORDER BY tx, id LIMIT 1
+             ), gone AS (
+                 DELETE FROM run_events e USING oldest o
+                 WHERE e.tx = o.tx AND e.id = o.id
+                   AND NOT EXISTS (SELECT 1 FROM young y WHERE (o.tx, o.id) >= (y.tx, y.id))
+                 RETURNING e.tx, e.id
+             ), last AS (
+                 SELECT tx, id FROM gone ORDER BY tx DESC, id DESC LIMIT 1
+             ), moved AS (
+                 UPDATE run_events_pruned p SET tx = last.tx, up_to = last.id FROM last
+                 WHERE (last.tx, last.id) > (p.tx, p.up_to)
+             )
+             SELECT count(*) FROM gone",
+        )
+        .await
+        .map_err(sql)?;
+    let limit = as_i64(batch as u64);
+    let removed: i64 = conn
+        .query_one(&statement, &[&before, &limit])
+        .await
+        .map_err(sql)?
+        .get(0);
+    Ok(u64::try_from(removed).unwrap_or_default())
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// One page of tasks: a range seek on the primary key of `tasks` (see the
@@ -171,19 +311,26 @@ pub async fn task_page(conn: &Object, query: &TaskQuery) -> Result<TaskPage, Sto
     Ok(TaskPage { tasks, next })
 }
 
+/// Upserts the manifest and appends its COMPLETED event, in one statement
+/// (one autocommit transaction).
 pub async fn write_manifest(conn: &Object, run: &RunRecord) -> Result<u64, StorageError> {
     let statement = conn
         .prepare_cached(
-            "INSERT INTO manifests
-                 (task_id, run_id, summary_json, timestamp, instant_secs, instant_nanos, sha256, written_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())
-             ON CONFLICT (task_id, run_id) DO UPDATE SET
-                 summary_json = excluded.summary_json,
-                 timestamp = excluded.timestamp,
-                 instant_secs = excluded.instant_secs,
-                 instant_nanos = excluded.instant_nanos,
-                 sha256 = excluded.sha256,
-                 written_at = excluded.written_at",
+            "WITH manifest AS (
+                 INSERT INTO manifests
+                     (task_id, run_id, summary_json, timestamp, instant_secs, instant_nanos, sha256, written_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())
+                 ON CONFLICT (task_id, run_id) DO UPDATE SET
+                     summary_json = excluded.summary_json,
+                     timestamp = excluded.timestamp,
+                     instant_secs = excluded.instant_secs,
+                     instant_nanos = excluded.instant_nanos,
+                     sha256 = excluded.sha256,
+                     written_at = excluded.written_at
+                 RETURNING task_id, run_id, timestamp, written_at
+             )
+             INSERT INTO run_events (kind, task_id, run_id, timestamp, recorded_at)
+             SELECT 'COMPLETED', task_id, run_id, timestamp, written_at FROM manifest",
         )
         .await
         .map_err(sql)?;

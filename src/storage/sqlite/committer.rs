@@ -24,7 +24,7 @@ use std::{
 };
 
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{
     connection::{LockWait, open_write_connection},
@@ -53,12 +53,28 @@ enum Job {
         run_id: String,
         reply: Reply<bool>,
     },
+    /// One step of event pruning: events recorded before `before`.
+    Prune {
+        before: String,
+        reply: Reply<u64>,
+    },
     Probe {
         reply: Reply<()>,
     },
 }
 
 impl Job {
+    /// Whether the job appends to the change feed when it succeeds.
+    fn appends_events(&self) -> bool {
+        matches!(
+            self,
+            Job::Write {
+                target: Target::Manifest,
+                ..
+            } | Job::Delete { .. }
+        )
+    }
+
     /// The pair a write belongs to: both writes of a call share their record.
     fn pair_key(&self) -> Option<usize> {
         match self {
@@ -101,7 +117,13 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn start(path: PathBuf, conn: Connection, lock_wait: LockWait) -> std::io::Result<Self> {
+    /// `events` is bumped after every commit that appended events.
+    pub fn start(
+        path: PathBuf,
+        conn: Connection,
+        lock_wait: LockWait,
+        events: watch::Sender<u64>,
+    ) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
         let stats = Arc::new(CommitStats::default());
         let worker = Worker {
@@ -110,6 +132,7 @@ impl Committer {
             lock_wait,
             queue,
             stats: Arc::clone(&stats),
+            events,
         };
         let thread = thread::Builder::new()
             .name("sqlite-committer".into())
@@ -143,6 +166,13 @@ impl Committer {
             run_id: run_id.to_owned(),
             reply,
         })?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// One pruning step; `Ok(removed)` once its commit is durable.
+    pub async fn prune(&self, before: String) -> Result<u64, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Prune { before, reply })?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
@@ -186,6 +216,7 @@ struct Worker {
     lock_wait: LockWait,
     queue: mpsc::Receiver<Job>,
     stats: Arc<CommitStats>,
+    events: watch::Sender<u64>,
 }
 
 impl Worker {
@@ -275,6 +306,11 @@ impl Worker {
         );
         let failure = match outcome {
             Ok(results) => {
+                // Watchers are woken before callers are answered: an event
+                // is readable once its commit is.
+                if pending.iter().any(Job::appends_events) {
+                    self.events.send_modify(|n| *n = n.wrapping_add(1));
+                }
                 for (job, result) in pending.into_iter().zip(results) {
                     answer(job, result);
                 }
@@ -326,6 +362,7 @@ enum BatchError {
 enum Output {
     Written(WriteReceipt),
     Deleted { found: bool },
+    Pruned(u64),
     Probed,
 }
 
@@ -344,6 +381,12 @@ fn answer(job: Job, result: JobResult) {
         Job::Delete { reply, .. } => {
             let _ = reply.send(result.and_then(|out| match out {
                 Output::Deleted { found } => Ok(found),
+                _ => Err(mismatch()),
+            }));
+        }
+        Job::Prune { reply, .. } => {
+            let _ = reply.send(result.and_then(|out| match out {
+                Output::Pruned(removed) => Ok(removed),
                 _ => Err(mismatch()),
             }));
         }
@@ -376,6 +419,7 @@ fn try_transaction(conn: &Connection, batch: &[&Job]) -> Result<Vec<JobResult>, 
             Job::Delete {
                 task_id, run_id, ..
             } => writes::delete_run(conn, task_id, run_id).map(|found| Output::Deleted { found }),
+            Job::Prune { before, .. } => writes::prune_events(conn, before).map(Output::Pruned),
             Job::Probe { .. } => writes::probe(conn).map(|()| Output::Probed),
         };
         match applied {

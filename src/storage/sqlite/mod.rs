@@ -31,8 +31,8 @@ pub use connection::{DATABASE_FILE, LockWait, OpenDatabaseError};
 use reads::ReadPool;
 
 use super::{
-    RunRecord, SnapshotPage, SnapshotQuery, Storage, StorageError, StoredManifest, Target,
-    TaskPage, TaskQuery, WriteReceipt,
+    EventCursor, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
+    StorageError, StoredManifest, Target, TaskPage, TaskQuery, WriteReceipt,
 };
 
 /// How the SQLite backend is set up.
@@ -47,6 +47,8 @@ pub struct SqliteSettings {
 
 pub struct SqliteStorage {
     committer: Committer,
+    /// Bumped by the committer after commits that appended events.
+    events: tokio::sync::watch::Receiver<u64>,
     _checkpointer: Checkpointer,
     reads: Arc<ReadPool>,
     data_dir: PathBuf,
@@ -87,12 +89,14 @@ impl SqliteStorage {
         let reads = ReadPool::open(path.clone(), settings.lock_wait)?;
         let writer = connection::open_write_connection(&path, settings.lock_wait)?;
         let checkpointer = Checkpointer::start(path.clone(), settings.lock_wait)?;
-        let committer = Committer::start(path, writer, settings.lock_wait)?;
+        let (events_tx, events) = tokio::sync::watch::channel(0);
+        let committer = Committer::start(path, writer, settings.lock_wait, events_tx)?;
         let required_free_bytes = (settings.max_summary_bytes as u64)
             .saturating_mul(2)
             .saturating_add(1 << 20);
         Ok(Self {
             committer,
+            events,
             _checkpointer: checkpointer,
             reads,
             data_dir: settings.data_dir.clone(),
@@ -165,6 +169,35 @@ impl Storage for SqliteStorage {
         self.reads
             .run(move |conn| reads::task_page(conn, &query))
             .await
+    }
+
+    async fn event_head(&self) -> Result<EventCursor, StorageError> {
+        self.reads.run(reads::event_head).await
+    }
+
+    async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StorageError> {
+        let query = query.clone();
+        self.reads
+            .run(move |conn| reads::events(conn, &query))
+            .await
+    }
+
+    fn event_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events.clone()
+    }
+
+    async fn prune_events(&self, before: std::time::SystemTime) -> Result<u64, StorageError> {
+        let before: chrono::DateTime<chrono::Utc> = before.into();
+        let before = before.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut removed = 0;
+        // Bounded steps, each its own short commit among the writes.
+        loop {
+            let step = self.committer.prune(before.clone()).await?;
+            removed += step;
+            if step < writes::PRUNE_BATCH as u64 {
+                return Ok(removed);
+            }
+        }
     }
 
     async fn check_health(&self) -> Result<(), StorageError> {

@@ -15,8 +15,9 @@ use super::{
     errors::classify,
 };
 use crate::storage::{
-    PAGE_BYTE_BUDGET, RunCursor, RunInstant, SnapshotPage, SnapshotQuery, StorageError,
-    StoredManifest, StoredRun, TaskInfo, TaskPage, TaskQuery,
+    EventCursor, EventKind, EventPage, EventQuery, PAGE_BYTE_BUDGET, RunCursor, RunEvent,
+    RunInstant, SnapshotPage, SnapshotQuery, StorageError, StoredManifest, StoredRun, TaskInfo,
+    TaskPage, TaskQuery,
 };
 
 /// Read connections kept open; more readers queue for one.
@@ -257,6 +258,80 @@ pub fn task_page(conn: &Connection, query: &TaskQuery) -> Result<TaskPage, Stora
         .then(|| tasks.last().map(|task| task.task_id.clone()))
         .flatten();
     Ok(TaskPage { tasks, next })
+}
+
+/// The newest cursor ever drawn (AUTOINCREMENT's counter survives pruning).
+pub fn event_head(conn: &Connection) -> Result<EventCursor, StorageError> {
+    let id: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'run_events'")
+        .map_err(sql)?
+        .query_row([], |row| row.get(0))
+        .optional()
+        .map_err(sql)?;
+    Ok(EventCursor {
+        tx: 0,
+        id: u64::try_from(id.unwrap_or(0)).unwrap_or_default(),
+    })
+}
+
+/// Events after the cursor, in one read transaction with the pruning
+/// horizon, so a prune cannot slip between the check and the read. Scans at
+/// most `limit` events; the prefix is matched here, so the scan's cost does
+/// not depend on how selective it is.
+pub fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage, StorageError> {
+    let tx = conn.unchecked_transaction().map_err(sql)?;
+    let pruned_up_to: i64 = tx
+        .prepare_cached("SELECT up_to FROM run_events_pruned")
+        .map_err(sql)?
+        .query_row([], |row| row.get(0))
+        .map_err(sql)?;
+    let after = i64::try_from(query.after.id).unwrap_or(i64::MAX);
+    if after < pruned_up_to {
+        return Err(StorageError::CursorPruned);
+    }
+    let mut statement = tx
+        .prepare_cached(
+            "SELECT cursor, kind, task_id, run_id, timestamp, recorded_at FROM run_events
+             WHERE cursor > ?1 ORDER BY cursor LIMIT ?2",
+        )
+        .map_err(sql)?;
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    let mut rows = statement.query(params![after, limit]).map_err(sql)?;
+    let mut page = EventPage {
+        events: Vec::new(),
+        scanned_to: query.after,
+        full: false,
+    };
+    let mut scanned = 0;
+    while let Some(row) = rows.next().map_err(sql)? {
+        scanned += 1;
+        let cursor = EventCursor {
+            tx: 0,
+            id: u64::try_from(row.get::<_, i64>(0).map_err(sql)?).unwrap_or_default(),
+        };
+        page.scanned_to = cursor;
+        let task_id: String = row.get(2).map_err(sql)?;
+        if !task_id.starts_with(&query.task_prefix) {
+            continue;
+        }
+        let kind: String = row.get(1).map_err(sql)?;
+        let recorded_at: String = row.get(5).map_err(sql)?;
+        page.events.push(RunEvent {
+            cursor,
+            kind: EventKind::parse(&kind)
+                .ok_or_else(|| StorageError::Corrupt(format!("run_events.kind {kind:?}")))?,
+            task_id,
+            run_id: row.get(3).map_err(sql)?,
+            timestamp: row.get(4).map_err(sql)?,
+            recorded_at: chrono::DateTime::parse_from_rfc3339(&recorded_at)
+                .map_err(|e| {
+                    StorageError::Corrupt(format!("run_events.recorded_at {recorded_at:?}: {e}"))
+                })?
+                .into(),
+        });
+    }
+    page.full = scanned == query.limit;
+    Ok(page)
 }
 
 /// Bytes free inside the database file: pages SQLite will reuse first.

@@ -1,10 +1,42 @@
 //! The SQL of each write, run by the committer inside its batch's
 //! transaction. Every write is a few index seeks and upserts: its cost does
-//! not depend on the length of the task's history.
+//! not depend on the length of the task's history. A manifest write and a
+//! delete append their event in the same savepoint.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::storage::{RunRecord, Target, WriteReceipt, location};
+use crate::storage::{EventKind, RunRecord, Target, WriteReceipt, location};
+
+/// Most events one pruning step removes: each step is one short write.
+pub const PRUNE_BATCH: usize = 1000;
+
+/// Now, as `recorded_at` and `written_at` store it: fixed-width RFC 3339 in
+/// UTC, so text order is time order.
+pub fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn append_event(
+    conn: &Connection,
+    kind: EventKind,
+    task_id: &str,
+    run_id: &str,
+    timestamp: &str,
+    recorded_at: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO run_events (kind, task_id, run_id, timestamp, recorded_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        kind.as_str(),
+        task_id,
+        run_id,
+        timestamp,
+        recorded_at
+    ])?;
+    Ok(())
+}
 
 /// Records one write of `run`; the caller wraps it in a savepoint.
 pub fn apply(conn: &Connection, target: Target, run: &RunRecord) -> rusqlite::Result<WriteReceipt> {
@@ -81,23 +113,63 @@ fn update_task_counters(conn: &Connection, task_id: &str, added: i64) -> rusqlit
     Ok(())
 }
 
-/// Removes both records of a run; the caller wraps it in one savepoint, so
-/// both go or neither does. Returns whether either existed.
+/// Removes both records of a run and, when either existed, appends its
+/// DELETED event; the caller wraps it in one savepoint, so all of it goes
+/// or none does. Returns whether either existed.
 pub fn delete_run(conn: &Connection, task_id: &str, run_id: &str) -> rusqlite::Result<bool> {
-    let entries = conn
-        .prepare_cached("DELETE FROM snapshot_entries WHERE task_id = ?1 AND run_id = ?2")?
-        .execute([task_id, run_id])?;
-    let manifests = conn
-        .prepare_cached("DELETE FROM manifests WHERE task_id = ?1 AND run_id = ?2")?
-        .execute([task_id, run_id])?;
-    if entries > 0 {
-        update_task_counters(conn, task_id, -(entries as i64))?;
+    let entry: Option<String> = conn
+        .prepare_cached(
+            "DELETE FROM snapshot_entries WHERE task_id = ?1 AND run_id = ?2 RETURNING timestamp",
+        )?
+        .query_row([task_id, run_id], |row| row.get(0))
+        .optional()?;
+    let manifest: Option<String> = conn
+        .prepare_cached(
+            "DELETE FROM manifests WHERE task_id = ?1 AND run_id = ?2 RETURNING timestamp",
+        )?
+        .query_row([task_id, run_id], |row| row.get(0))
+        .optional()?;
+    if entry.is_some() {
+        update_task_counters(conn, task_id, -1)?;
     }
-    Ok(entries + manifests > 0)
+    let Some(timestamp) = manifest.or(entry) else {
+        return Ok(false);
+    };
+    append_event(
+        conn,
+        EventKind::Deleted,
+        task_id,
+        run_id,
+        &timestamp,
+        &now_text(),
+    )?;
+    Ok(true)
+}
+
+/// Removes the oldest events recorded before `before`, at most
+/// [`PRUNE_BATCH`], in cursor order (stopping at the first younger one, so
+/// what is left after the horizon is whole), and moves the horizon.
+pub fn prune_events(conn: &Connection, before: &str) -> rusqlite::Result<u64> {
+    let pruned: Vec<i64> = conn
+        .prepare_cached(
+            "WITH oldest AS (SELECT cursor, recorded_at FROM run_events ORDER BY cursor LIMIT ?2),
+                  young AS (SELECT MIN(cursor) AS cursor FROM oldest WHERE recorded_at >= ?1)
+             DELETE FROM run_events WHERE cursor IN (
+                 SELECT oldest.cursor FROM oldest, young
+                 WHERE young.cursor IS NULL OR oldest.cursor < young.cursor)
+             RETURNING cursor",
+        )?
+        .query_map(params![before, PRUNE_BATCH as i64], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if let Some(up_to) = pruned.iter().max() {
+        conn.prepare_cached("UPDATE run_events_pruned SET up_to = max(up_to, ?1)")?
+            .execute([up_to])?;
+    }
+    Ok(pruned.len() as u64)
 }
 
 fn write_manifest(conn: &Connection, run: &RunRecord) -> rusqlite::Result<u64> {
-    let written_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let written_at = now_text();
     conn.prepare_cached(
         "INSERT INTO manifests
              (task_id, run_id, summary_json, timestamp, instant_secs, instant_nanos, sha256, written_at)
@@ -120,6 +192,14 @@ fn write_manifest(conn: &Connection, run: &RunRecord) -> rusqlite::Result<u64> {
         run.sha256,
         written_at,
     ])?;
+    append_event(
+        conn,
+        EventKind::Completed,
+        &run.task_id,
+        &run.run_id,
+        &run.timestamp,
+        &written_at,
+    )?;
     Ok(run.summary_json.len() as u64)
 }
 

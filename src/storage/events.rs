@@ -1,0 +1,68 @@
+//! The change feed behind WatchRuns: one event per change, appended in the
+//! transaction of the change, read in cursor order.
+
+use std::time::SystemTime;
+
+/// A position in the feed. SQLite draws `id` under its write lock, so `tx`
+/// is always 0 there; PostgreSQL orders by the writing transaction first
+/// (see its `0003_run_events.sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventCursor {
+    pub tx: u64,
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Completed,
+    Deleted,
+    Expired,
+}
+
+impl EventKind {
+    /// The name stored in `run_events.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Completed => "COMPLETED",
+            EventKind::Deleted => "DELETED",
+            EventKind::Expired => "EXPIRED",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Option<Self> {
+        [EventKind::Completed, EventKind::Deleted, EventKind::Expired]
+            .into_iter()
+            .find(|kind| kind.as_str() == stored)
+    }
+}
+
+/// One change: a manifest written, a run deleted or expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunEvent {
+    pub cursor: EventCursor,
+    pub kind: EventKind,
+    pub task_id: String,
+    pub run_id: String,
+    /// The run's timestamp, as sent.
+    pub timestamp: String,
+    pub recorded_at: SystemTime,
+}
+
+/// Which events to read: those after `after` whose task id starts with
+/// `task_prefix`, scanning at most `limit` events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    pub after: EventCursor,
+    pub task_prefix: String,
+    pub limit: usize,
+}
+
+/// What a read found. `scanned_to` is the last event examined, matching or
+/// not, so the next read goes on from there; `full` says the scan stopped
+/// at its limit (more may follow at once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPage {
+    pub events: Vec<RunEvent>,
+    pub scanned_to: EventCursor,
+    pub full: bool,
+}
