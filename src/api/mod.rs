@@ -32,7 +32,9 @@ use crate::{
         auth::{self, Scope},
         deadline,
     },
-    storage::{self, RunRecord, SnapshotQuery, Storage, StorageError, Target, TaskQuery},
+    storage::{
+        self, EventQuery, RunRecord, SnapshotQuery, Storage, StorageError, Target, TaskQuery,
+    },
 };
 use error::ApiError;
 use page_token::SnapshotToken;
@@ -399,6 +401,13 @@ impl PersistenceApi {
                 rule: "must be a RunEvent.cursor returned by WatchRuns".into(),
             })?
         };
+        // A pruned cursor is the call's status, not the stream's first message.
+        let probe = EventQuery {
+            after: start,
+            task_prefix: req.task_prefix.clone(),
+            limit: 1,
+        };
+        self.storage.read_events(&probe).await?;
         Ok(watch::spawn(
             Arc::clone(&self.storage),
             start,

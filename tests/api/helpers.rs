@@ -159,7 +159,7 @@ impl TestStore {
         &self.data_dir
     }
 
-    fn postgres(&self) -> &crate::postgres_server::TestDatabase {
+    pub fn postgres(&self) -> &crate::postgres_server::TestDatabase {
         self.postgres
             .as_ref()
             .expect("a PostgreSQL store has a database")

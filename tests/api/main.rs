@@ -74,3 +74,4 @@ mod security;
 mod server_process;
 mod shutdown_load;
 mod validation;
+mod watch_runs;
