@@ -1,23 +1,29 @@
-//! SQLite storage benchmark: every figure and ratio from one run on this
-//! machine, printed as a Markdown table.
+//! Storage benchmark: every figure and ratio from one run on this machine,
+//! printed as a Markdown table. runstore on SQLite, and on PostgreSQL,
+//! against pgbench on the same PostgreSQL.
 //!
 //! - A lean gRPC load client (`client`): pre-encoded requests, N tasks over
 //!   a few HTTP/2 connections, bounded by count and time, exact p50/p99.
-//! - The real release server (`server`): `runstore serve` on 127.0.0.1:0
-//!   with a fresh temp data dir per scenario, stopped with SIGTERM; its CPU
-//!   time from /proc/<pid>/stat, its group-commit line from its JSON log.
+//! - The real release server (`server`): `runstore serve` on 127.0.0.1:0,
+//!   stopped with SIGTERM, on SQLite with a fresh temp data dir per round,
+//!   or (the `pgstore*` scenarios) with `RUNSTORE_STORAGE=postgres://...`
+//!   on the bench's own PostgreSQL, in a database dropped and re-created
+//!   per round; its CPU time from /proc/<pid>/stat, its group-commit line
+//!   (SQLite) from its JSON log.
 //! - The anchor (`pg`): PostgreSQL 15 of our own, and pgbench running two
-//!   autocommit upserts of the same summary per "run".
+//!   autocommit upserts of the same summary per "run". Its CPU time (all
+//!   its processes) is measured under pgbench and under runstore alike.
 //!
 //! Every acknowledged write is checked: read back through GetTaskSnapshot
 //! (every run's summary byte for byte, in history order), then counted in
-//! the database after the server stopped.
+//! the database (SQLite's file, or PostgreSQL) after the server stopped.
 //!
 //! Run: `bench/sqlite` (installs PostgreSQL if missing, builds, runs this),
 //! or `cargo bench --bench load`. `BENCH_QUICK=1`: ~1 s per scenario.
 //! Other knobs: `BENCH_ONLY` (comma-separated scenario keys, see `--list`),
 //! `BENCH_TMPDIR` (where data dirs go: its file system sets the fsync cost),
 //! `BENCH_RESULTS` (bench/results), `BENCH_CONNECTIONS` (4),
+//! `BENCH_PG_POOL_SIZE` (64: runstore's pool on PostgreSQL),
 //! `RUNSTORE_BIN` (the server; default the one cargo built),
 //! `BENCH_PG_BIN` (/usr/lib/postgresql/15/bin).
 
@@ -39,15 +45,23 @@ use std::{
 
 use anyhow::{Context, bail};
 use client::{Fixture, Keying, LoadResult, LoadSpec, Op, quantile_ms, read_back, run_load};
-use server::{CommitReport, Server, clock_ticks_per_sec, stored_rows, wal_checkpoint_seq};
+use server::{
+    CommitReport, MachineTicks, Server, Storage, clock_ticks_per_sec, stored_rows,
+    wal_checkpoint_seq,
+};
 
 /// Scenario keys, in the order they run (pairs that form a ratio run
 /// next to each other, so drift on a shared machine hits both alike).
 const SCENARIOS: &[(&str, &str)] = &[
     ("pg64", "pgbench -c 64 -j 2"),
     ("c64", "CompleteRun c64, 100 tasks (headline)"),
+    (
+        "pgstore64",
+        "CompleteRun c64, 100 tasks, runstore on PostgreSQL",
+    ),
     ("pg1", "pgbench -c 1"),
     ("c1", "CompleteRun c1, concurrent writes"),
+    ("pgstore1", "CompleteRun c1, runstore on PostgreSQL"),
     ("c1seq", "CompleteRun c1, --write-mode sequential"),
     ("hot", "CompleteRun c64, one hot task"),
     ("newtask", "CompleteRun c64, a new task per call"),
@@ -61,6 +75,178 @@ const TASKS: u64 = 100;
 const BIG_TASK: u64 = 1_000_000;
 const SMALL_TASK: u64 = 1_000_001;
 const PAGE_RUNS: usize = 100;
+/// Default `--postgres-pool-size` of runstore on PostgreSQL
+/// (`BENCH_PG_POOL_SIZE`): as many connections (backends) as pgbench -c 64
+/// opens, so PostgreSQL serves both with the same concurrency. At c64 a
+/// call has two writes in flight, so up to 128 want a connection: the pool
+/// queues the rest, which costs less on two cores than twice the backends
+/// contending for them.
+const PG_POOL_SIZE: usize = 64;
+
+/// A runstore variant of a scenario anchored by pgbench.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    key: &'static str,
+    label: &'static str,
+    mode: &'static str,
+    /// On the bench's PostgreSQL rather than SQLite.
+    postgres: bool,
+}
+
+impl Variant {
+    const fn new(key: &'static str, label: &'static str, mode: &'static str) -> Self {
+        Self {
+            key,
+            label,
+            mode,
+            postgres: false,
+        }
+    }
+
+    const fn on_postgres(self) -> Self {
+        Self {
+            postgres: true,
+            ..self
+        }
+    }
+
+    /// Whether the server reports pairs sharing a SQLite commit.
+    fn paired(&self) -> bool {
+        self.mode == "concurrent" && !self.postgres
+    }
+}
+
+/// The variants interleaved with pgbench -c 64, in this order per round.
+const C64_VARIANTS: &[Variant] = &[
+    Variant::new("c64", "CompleteRun c64, 100 tasks", "concurrent"),
+    Variant::new(
+        "pgstore64",
+        "CompleteRun c64, 100 tasks, runstore on PostgreSQL",
+        "concurrent",
+    )
+    .on_postgres(),
+];
+
+/// The variants interleaved with pgbench -c 1.
+const C1_VARIANTS: &[Variant] = &[
+    Variant::new("c1", "CompleteRun c1, concurrent", "concurrent"),
+    Variant::new(
+        "pgstore1",
+        "CompleteRun c1, runstore on PostgreSQL",
+        "concurrent",
+    )
+    .on_postgres(),
+    Variant::new("c1seq", "CompleteRun c1, sequential", "sequential"),
+];
+
+/// Where a round's server keeps its data.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    /// SQLite in a fresh temp data dir.
+    Sqlite,
+    /// This PostgreSQL, in [`pg::RUNSTORE_DB`] re-created empty.
+    Postgres(&'a pg::Postgres),
+}
+
+/// One round's fresh storage, kept until its rows were counted.
+enum Backing<'a> {
+    Sqlite(tempfile::TempDir),
+    Postgres {
+        pg: &'a pg::Postgres,
+        url: String,
+        pool_size: usize,
+    },
+}
+
+impl<'a> Backing<'a> {
+    fn storage(&self) -> Storage<'_> {
+        match self {
+            Backing::Sqlite(dir) => Storage::Sqlite(dir.path()),
+            Backing::Postgres { url, pool_size, .. } => Storage::Postgres {
+                url,
+                pool_size: *pool_size,
+            },
+        }
+    }
+
+    fn postgres(&self) -> Option<&'a pg::Postgres> {
+        match self {
+            Backing::Sqlite(_) => None,
+            Backing::Postgres { pg, .. } => Some(pg),
+        }
+    }
+
+    /// Rows of snapshot_entries and manifests, once the server stopped.
+    fn stored_rows(&self) -> anyhow::Result<(u64, u64)> {
+        match self {
+            Backing::Sqlite(dir) => stored_rows(dir.path()),
+            Backing::Postgres { pg, .. } => pg.stored_rows(pg::RUNSTORE_DB),
+        }
+    }
+}
+
+/// CPU time in ticks: runstore's server, the load client (or pgbench),
+/// PostgreSQL's processes (where it serves the load), and the machine.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    runstore: Option<u64>,
+    postgres: Option<u64>,
+    client: u64,
+    machine: MachineTicks,
+}
+
+fn add_ticks(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Cpu {
+    /// The counters now.
+    fn now(server: &Server, pg: Option<&pg::Postgres>) -> anyhow::Result<Self> {
+        Ok(Self {
+            runstore: Some(server.cpu_ticks()?),
+            postgres: pg.map(pg::Postgres::cpu_ticks).transpose()?,
+            client: own_ticks()?,
+            machine: MachineTicks::now()?,
+        })
+    }
+
+    /// The time spent from `earlier` to `self`.
+    fn since(self, earlier: Self) -> Self {
+        let diff = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?));
+        Self {
+            runstore: diff(self.runstore, earlier.runstore),
+            postgres: diff(self.postgres, earlier.postgres),
+            client: self.client.saturating_sub(earlier.client),
+            machine: self.machine.since(earlier.machine),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.runstore = add_ticks(self.runstore, other.runstore);
+        self.postgres = add_ticks(self.postgres, other.postgres);
+        self.client += other.client;
+        self.machine.add(other.machine);
+    }
+}
+
+/// CPU µs per call, and the machine's busy share over the load.
+#[derive(Debug, Clone, Copy)]
+struct PerCall {
+    runstore: Option<f64>,
+    postgres: Option<f64>,
+    client: f64,
+    busy: f64,
+}
+
+impl PerCall {
+    /// All the CPU one call took, on every process of the benchmark.
+    fn total(&self) -> f64 {
+        self.runstore.unwrap_or(0.0) + self.postgres.unwrap_or(0.0) + self.client
+    }
+}
 
 struct Config {
     quick: bool,
@@ -70,6 +256,7 @@ struct Config {
     long_secs: u64,
     max_calls: u64,
     connections: usize,
+    pg_pool_size: usize,
     big_history: u64,
     bin: PathBuf,
     pg_bin: PathBuf,
@@ -101,6 +288,10 @@ impl Config {
             Ok(v) => v.parse().context("BENCH_CONNECTIONS")?,
             Err(_) => 4,
         };
+        let pg_pool_size = match env::var("BENCH_PG_POOL_SIZE") {
+            Ok(v) => v.parse().context("BENCH_PG_POOL_SIZE")?,
+            Err(_) => PG_POOL_SIZE,
+        };
         Ok(Self {
             quick,
             secs: if quick { 1 } else { 10 },
@@ -108,6 +299,7 @@ impl Config {
             long_secs: if quick { 1 } else { 30 },
             max_calls: 2_000_000,
             connections,
+            pg_pool_size,
             big_history: if quick { 1_000 } else { 10_000 },
             bin: env::var_os("RUNSTORE_BIN")
                 .map(PathBuf::from)
@@ -142,6 +334,31 @@ impl Config {
     }
 }
 
+/// A ratio's target.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Target {
+    fn met(self, value: f64) -> bool {
+        match self {
+            Target::AtLeast(t) => value >= t,
+            Target::AtMost(t) => value <= t,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::AtLeast(t) => write!(f, "≥ {t}"),
+            Target::AtMost(t) => write!(f, "≤ {t}"),
+        }
+    }
+}
+
 /// One line of the results table.
 struct Row {
     scenario: String,
@@ -154,8 +371,7 @@ struct Row {
     p99: f64,
     /// Server-side p50 of the slower write (CompleteRun only).
     write_p50: Option<f64>,
-    cpu_us: f64,
-    client_us: f64,
+    cpu: PerCall,
     per_commit: Option<f64>,
     pairs: Option<f64>,
     verified: String,
@@ -166,19 +382,20 @@ struct Bench {
     fixture: Arc<Fixture>,
     ticks_per_sec: f64,
     rows: Vec<Row>,
-    /// Figures the ratios are made of, by key.
-    values: BTreeMap<&'static str, f64>,
+    /// Figures the ratios are made of: a row's key (RPS), `<key>_p50`,
+    /// `_p99`, `_cpu` (runstore), `_pg_cpu`, `_total_cpu`, `_pairs`; `peak`,
+    /// `peak_c`.
+    values: BTreeMap<String, f64>,
     notes: Vec<String>,
     failures: Vec<String>,
 }
 
 /// What a runstore CompleteRun scenario measured, over one or more rounds
-/// (each with a fresh server and data dir).
+/// (each with a fresh server and data dir or database).
 #[derive(Default)]
 struct Measured {
     load: LoadResult,
-    server_ticks: u64,
-    client_ticks: u64,
+    cpu: Cpu,
     commit: CommitReport,
     /// Σ pairs_together_share × calls, over the rounds.
     pairs_weighted: f64,
@@ -192,8 +409,7 @@ struct Measured {
 impl Measured {
     fn merge(&mut self, other: Measured) {
         self.load.merge(other.load);
-        self.server_ticks += other.server_ticks;
-        self.client_ticks += other.client_ticks;
+        self.cpu.add(other.cpu);
         let (a, b) = (&mut self.commit, other.commit);
         a.commits += b.commits;
         a.writes += b.writes;
@@ -286,8 +502,33 @@ impl Bench {
             .tempdir_in(&self.cfg.tmp_root)?)
     }
 
+    /// A round's fresh storage: a temp data dir, or the runstore database
+    /// dropped and created again.
+    fn backing<'a>(&self, store: Store<'a>) -> anyhow::Result<Backing<'a>> {
+        Ok(match store {
+            Store::Sqlite => Backing::Sqlite(self.data_dir("complete-run")?),
+            Store::Postgres(pg) => {
+                pg.recreate_database(pg::RUNSTORE_DB)?;
+                Backing::Postgres {
+                    pg,
+                    url: pg.url(pg::RUNSTORE_DB),
+                    pool_size: self.cfg.pg_pool_size,
+                }
+            }
+        })
+    }
+
     fn cpu_us_per_call(&self, ticks: u64, calls: u64) -> f64 {
         ticks as f64 / self.ticks_per_sec * 1e6 / calls.max(1) as f64
+    }
+
+    fn per_call(&self, cpu: &Cpu, calls: u64) -> PerCall {
+        PerCall {
+            runstore: cpu.runstore.map(|t| self.cpu_us_per_call(t, calls)),
+            postgres: cpu.postgres.map(|t| self.cpu_us_per_call(t, calls)),
+            client: self.cpu_us_per_call(cpu.client, calls),
+            busy: cpu.machine.busy_share(),
+        }
     }
 
     fn fail(&mut self, what: String) {
@@ -295,34 +536,39 @@ impl Bench {
         self.failures.push(what);
     }
 
-    /// One round: a fresh server and data dir, one CompleteRun load, then
-    /// the checks: zero errors, every acknowledged run read back, every row
-    /// stored.
+    /// One round: a fresh server and data dir (or database), one
+    /// CompleteRun load, then the checks: zero errors, every acknowledged
+    /// run read back, every row stored.
     async fn complete_run(
         &self,
         name: &str,
+        store: Store<'_>,
         mode: &str,
         keying: Keying,
         concurrency: usize,
         secs: u64,
     ) -> anyhow::Result<Measured> {
         eprintln!("==> {name}: {mode} writes, c{concurrency}, {secs} s");
-        let dir = self.data_dir("complete-run")?;
-        let server = Server::start(&self.cfg.bin, dir.path(), mode)?;
+        let backing = self.backing(store)?;
+        let server = Server::start(&self.cfg.bin, backing.storage(), mode)?;
         let op = Arc::new(Op::CompleteRun {
             fixture: Arc::clone(&self.fixture),
             keying,
             first_run: 0,
         });
         settle();
-        let wal = WalWatch::start(server.wal_path());
-        let before = server.cpu_ticks()?;
-        let client_before = own_ticks()?;
+        let wal = server.wal_path().map(WalWatch::start);
+        let before = Cpu::now(&server, backing.postgres())?;
         let load = run_load(server.addr, op, self.cfg.spec(concurrency, secs)).await?;
-        let client_ticks = own_ticks()? - client_before;
-        let server_ticks = server.cpu_ticks()? - before;
-        let wal_max_bytes = wal.finish().await;
-        let wal_restarts = wal_checkpoint_seq(&server.wal_path()).map_or(0, u64::from);
+        let cpu = Cpu::now(&server, backing.postgres())?.since(before);
+        let wal_max_bytes = match wal {
+            Some(wal) => wal.finish().await,
+            None => 0,
+        };
+        let wal_restarts = server
+            .wal_path()
+            .and_then(|wal| wal_checkpoint_seq(&wal))
+            .map_or(0, u64::from);
         let acked = load.ok;
         let mut problems = Vec::new();
         if load.errors > 0 {
@@ -358,7 +604,7 @@ impl Bench {
         if commit.partial_runs > 0 {
             problems.push(format!("{} runs not fully written", commit.partial_runs));
         }
-        let rows = stored_rows(dir.path())?;
+        let rows = backing.stored_rows()?;
         if rows != (acked, acked) {
             problems.push(format!(
                 "database holds {} snapshot entries and {} manifests for {acked} acknowledged runs",
@@ -368,8 +614,7 @@ impl Bench {
         Ok(Measured {
             pairs_weighted: commit.pairs_together_share * acked as f64,
             load,
-            server_ticks,
-            client_ticks,
+            cpu,
             commit,
             read,
             rows: rows.0,
@@ -379,9 +624,37 @@ impl Bench {
         })
     }
 
+    /// Adds a row to the table and its figures, under `key`, to the values
+    /// the ratios are made of.
+    fn push_row(&mut self, key: Option<&str>, row: Row) {
+        if let Some(key) = key {
+            for (suffix, value) in [
+                ("", Some(row.rps)),
+                ("_p50", Some(row.p50)),
+                ("_p99", Some(row.p99)),
+                ("_cpu", row.cpu.runstore),
+                ("_pg_cpu", row.cpu.postgres),
+                ("_total_cpu", Some(row.cpu.total())),
+                ("_pairs", row.pairs),
+            ] {
+                if let Some(value) = value {
+                    self.values.insert(format!("{key}{suffix}"), value);
+                }
+            }
+        }
+        self.rows.push(row);
+    }
+
     /// Adds the table row of a (merged) scenario; returns whether it passed
     /// its checks.
-    fn push_run(&mut self, name: &str, concurrency: usize, m: &Measured, paired: bool) -> bool {
+    fn push_run(
+        &mut self,
+        key: Option<&str>,
+        name: &str,
+        concurrency: usize,
+        m: &Measured,
+        paired: bool,
+    ) -> bool {
         let verified = if m.problems.is_empty() {
             format!(
                 "yes: {} read back, {} rows ×2",
@@ -393,7 +666,7 @@ impl Bench {
             self.fail(format!("{name}: {what}"));
             format!("**NO**: {what}")
         };
-        self.rows.push(Row {
+        let row = Row {
             scenario: name.to_owned(),
             concurrency,
             calls: m.load.ok + m.load.errors,
@@ -403,29 +676,30 @@ impl Bench {
             p50: m.load.quantile_ms(0.50),
             p99: m.load.quantile_ms(0.99),
             write_p50: Some(m.load.write_quantile_ms(0.5)),
-            cpu_us: self.cpu_us_per_call(m.server_ticks, m.load.ok),
-            client_us: self.cpu_us_per_call(m.client_ticks, m.load.ok),
+            cpu: self.per_call(&m.cpu, m.load.ok),
             per_commit: (m.commit.commits > 0)
                 .then(|| m.commit.writes as f64 / m.commit.commits as f64),
             pairs: paired.then(|| m.pairs_share()),
             verified,
-        });
+        };
+        self.push_row(key, row);
         m.problems.is_empty()
     }
 
-    /// A CompleteRun scenario in one round, added to the table.
+    /// A CompleteRun scenario on SQLite in one round, added to the table.
     async fn scenario(
         &mut self,
+        key: Option<&str>,
         label: &str,
-        mode: &str,
         keying: Keying,
         concurrency: usize,
         secs: u64,
     ) -> anyhow::Result<Measured> {
+        let mode = "concurrent";
         let m = self
-            .complete_run(label, mode, keying, concurrency, secs)
+            .complete_run(label, Store::Sqlite, mode, keying, concurrency, secs)
             .await?;
-        self.push_run(label, concurrency, &m, mode == "concurrent");
+        self.push_run(key, label, concurrency, &m, true);
         Ok(m)
     }
 
@@ -478,77 +752,79 @@ impl Bench {
             self.fail(format!("pgbench c{clients}: {what}"));
             format!("**NO**: {what}")
         };
-        let p50 = quantile_ms(&run.latencies_us, 0.5);
-        let p99 = quantile_ms(&run.latencies_us, 0.99);
-        let cpu_us = self.cpu_us_per_call(run.server_ticks, run.transactions);
-        let client_us = self.cpu_us_per_call(run.client_ticks, run.transactions);
-        self.rows.push(Row {
+        let cpu = Cpu {
+            runstore: None,
+            postgres: Some(run.server_ticks),
+            client: run.client_ticks,
+            machine: run.machine,
+        };
+        let row = Row {
             scenario: format!("pgbench c{clients}: 2 autocommit upserts per run"),
             concurrency: clients,
             calls: run.transactions,
             errors: run.failed,
             ended: "time",
             rps: run.tps,
-            p50,
-            p99,
+            p50: quantile_ms(&run.latencies_us, 0.5),
+            p99: quantile_ms(&run.latencies_us, 0.99),
             write_p50: None,
-            cpu_us,
-            client_us,
+            cpu: self.per_call(&cpu, run.transactions),
             per_commit: None,
             pairs: None,
             verified,
-        });
-        let (tps, p50_key, cpu) = if clients == 1 {
-            ("pg1", "pg1_p50", "pg1_cpu")
-        } else {
-            ("pg64", "pg64_p50", "pg64_cpu")
         };
-        self.values.insert(tps, run.tps);
-        self.values.insert(p50_key, p50);
-        self.values.insert(cpu, cpu_us);
+        self.push_row(Some(&format!("pg{clients}")), row);
     }
 
     /// The pairs a target compares, interleaved round by round (pgbench,
     /// then each runstore variant), so drift on a shared machine hits both
-    /// sides alike: rounds of `secs / rounds` each, merged.
+    /// sides alike: rounds of `secs / rounds` each, merged. `pg` is the
+    /// bench's PostgreSQL (needed by pgbench and the variants on it).
     async fn anchored(
         &mut self,
         pg: Option<&pg::Postgres>,
+        with_pgbench: bool,
         clients: usize,
-        variants: &[(&str, &'static str, &'static str)],
-    ) -> anyhow::Result<Vec<Measured>> {
+        variants: &[Variant],
+    ) -> anyhow::Result<()> {
         let rounds = if self.cfg.quick { 1 } else { 2 };
         let secs = (self.cfg.secs / rounds).max(1);
         let mut pg_total: Option<pg::PgbenchRun> = None;
         let mut totals: Vec<Measured> = variants.iter().map(|_| Measured::default()).collect();
         for round in 0..rounds {
-            if let Some(pg) = pg {
+            if with_pgbench {
+                let pg = pg.context("pgbench needs PostgreSQL")?;
                 let run = self.pgbench_round(pg, clients, secs)?;
                 match &mut pg_total {
                     Some(total) => total.merge(run),
                     None => pg_total = Some(run),
                 }
             }
-            for (i, (label, mode, _)) in variants.iter().enumerate() {
-                let label = format!("{label} (round {}/{rounds})", round + 1);
+            for (v, total) in variants.iter().zip(&mut totals) {
+                let store = if v.postgres {
+                    Store::Postgres(pg.context("runstore on PostgreSQL needs PostgreSQL")?)
+                } else {
+                    Store::Sqlite
+                };
+                let label = format!("{} (round {}/{rounds})", v.label, round + 1);
                 let m = self
-                    .complete_run(&label, mode, Keying::Tasks(TASKS), clients, secs)
+                    .complete_run(&label, store, v.mode, Keying::Tasks(TASKS), clients, secs)
                     .await?;
-                totals[i].merge(m);
+                total.merge(m);
             }
         }
         if let Some(run) = &pg_total {
             self.push_pgbench(clients, run);
         }
-        for ((label, mode, _), m) in variants.iter().zip(&totals) {
+        for (v, m) in variants.iter().zip(&totals) {
             let label = if rounds > 1 {
-                format!("{label} ({rounds} × {secs} s, interleaved)")
+                format!("{} ({rounds} × {secs} s, interleaved)", v.label)
             } else {
-                (*label).to_owned()
+                v.label.to_owned()
             };
-            self.push_run(&label, clients, m, *mode == "concurrent");
+            self.push_run(Some(v.key), &label, clients, m, v.paired());
         }
-        Ok(totals)
+        Ok(())
     }
 
     async fn snapshot_reads(&mut self) -> anyhow::Result<()> {
@@ -559,7 +835,7 @@ impl Bench {
             fmt_count(big)
         );
         let dir = self.data_dir(name)?;
-        let server = Server::start(&self.cfg.bin, dir.path(), "concurrent")?;
+        let server = Server::start(&self.cfg.bin, Storage::Sqlite(dir.path()), "concurrent")?;
         let prefill = |count| LoadSpec {
             concurrency: 64,
             connections: self.cfg.connections,
@@ -594,15 +870,13 @@ impl Bench {
             duration: half,
             max_calls: self.cfg.max_calls,
         };
-        let mut results: [(LoadResult, u64, u64); 2] = Default::default();
+        let mut results: [(LoadResult, Cpu); 2] = Default::default();
         for _round in 0..2 {
             for (i, task) in [BIG_TASK, SMALL_TASK].into_iter().enumerate() {
                 let op = Arc::new(Op::first_page(task, PAGE_RUNS));
-                let before = server.cpu_ticks()?;
-                let client_before = own_ticks()?;
+                let before = Cpu::now(&server, None)?;
                 let load = run_load(server.addr, op, spec).await?;
-                results[i].2 += own_ticks()? - client_before;
-                results[i].1 += server.cpu_ticks()? - before;
+                results[i].1.add(Cpu::now(&server, None)?.since(before));
                 results[i].0.merge(load);
             }
         }
@@ -623,7 +897,7 @@ impl Bench {
         .into_iter()
         .enumerate()
         {
-            let (load, ticks, client_ticks) = &results[i];
+            let (load, cpu) = &results[i];
             let verified = if load.errors == 0 {
                 format!("yes: every page {PAGE_RUNS} runs of the task")
             } else {
@@ -635,8 +909,7 @@ impl Bench {
                 self.fail(format!("{label}: {what}"));
                 format!("**NO**: {what}")
             };
-            self.values.insert(key, load.rps());
-            self.rows.push(Row {
+            let row = Row {
                 scenario: label,
                 concurrency: 64,
                 calls: load.ok + load.errors,
@@ -646,19 +919,42 @@ impl Bench {
                 p50: load.quantile_ms(0.5),
                 p99: load.quantile_ms(0.99),
                 write_p50: None,
-                cpu_us: self.cpu_us_per_call(*ticks, load.ok),
-                client_us: self.cpu_us_per_call(*client_ticks, load.ok),
+                cpu: self.per_call(cpu, load.ok),
                 per_commit: None,
                 pairs: None,
                 verified,
-            });
+            };
+            self.push_row(Some(key), row);
+        }
+        Ok(())
+    }
+
+    /// The scenarios pgbench anchors: its run and each selected variant,
+    /// interleaved.
+    async fn anchored_group(
+        &mut self,
+        pg: Option<&pg::Postgres>,
+        clients: usize,
+        variants: &[Variant],
+    ) -> anyhow::Result<()> {
+        let with_pgbench = self.cfg.runs(&format!("pg{clients}"));
+        let variants: Vec<Variant> = variants
+            .iter()
+            .filter(|v| self.cfg.runs(v.key))
+            .copied()
+            .collect();
+        if with_pgbench || !variants.is_empty() {
+            self.anchored(pg, with_pgbench, clients, &variants).await?;
         }
         Ok(())
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut pg = None;
-        if self.cfg.runs("pg64") || self.cfg.runs("pg1") {
+        if ["pg64", "pg1", "pgstore64", "pgstore1"]
+            .iter()
+            .any(|key| self.cfg.runs(key))
+        {
             eprintln!("==> start PostgreSQL");
             pg = Some(pg::Postgres::start(&self.cfg.tmp_root, &self.cfg.pg_bin)?);
         }
@@ -666,120 +962,59 @@ impl Bench {
         let tasks = Keying::Tasks(TASKS);
         let mut peak: Vec<(usize, f64)> = Vec::new();
 
-        let (run_pg64, run_pg1) = (self.cfg.runs("pg64"), self.cfg.runs("pg1"));
-        if self.cfg.runs("c64") || self.cfg.runs("pg64") {
-            let variants: &[(&str, &str, &str)] = if self.cfg.runs("c64") {
-                &[("CompleteRun c64, 100 tasks", "concurrent", "c64")]
-            } else {
-                &[]
-            };
-            let pg64 = pg.as_ref().filter(|_| run_pg64);
-            let m = self.anchored(pg64, 64, variants).await?;
-            if let Some(m) = m.first() {
-                self.values.insert("c64", m.load.rps());
-                self.values.insert("c64_p99", m.load.quantile_ms(0.99));
-                self.values
-                    .insert("c64_cpu", self.cpu_us_per_call(m.server_ticks, m.load.ok));
-                self.values.insert("c64_pairs", m.pairs_share());
-                peak.push((64, m.load.rps()));
-            }
+        self.anchored_group(pg.as_ref(), 64, C64_VARIANTS).await?;
+        if let Some(&rps) = self.values.get("c64") {
+            peak.push((64, rps));
         }
-        if self.cfg.runs("c1") || self.cfg.runs("c1seq") || self.cfg.runs("pg1") {
-            let mut variants: Vec<(&str, &str, &str)> = Vec::new();
-            if self.cfg.runs("c1") {
-                variants.push(("CompleteRun c1, concurrent", "concurrent", "c1"));
-            }
-            if self.cfg.runs("c1seq") {
-                variants.push(("CompleteRun c1, sequential", "sequential", "c1seq"));
-            }
-            let pg1 = pg.as_ref().filter(|_| run_pg1);
-            let measured = self.anchored(pg1, 1, &variants).await?;
-            for ((_, _, key), m) in variants.iter().zip(&measured) {
-                let p50 = m.load.quantile_ms(0.5);
-                match *key {
-                    "c1" => {
-                        self.values.insert("c1_p50", p50);
-                        self.values.insert("c1_pairs", m.pairs_share());
-                    }
-                    _ => {
-                        self.values.insert("c1seq_p50", p50);
-                    }
-                }
-            }
-        }
+        self.anchored_group(pg.as_ref(), 1, C1_VARIANTS).await?;
         if let Some(pg) = pg.take() {
             pg.stop()?;
         }
         if self.cfg.runs("hot") {
-            let m = self
-                .scenario(
-                    "CompleteRun c64, one hot task",
-                    "concurrent",
-                    Keying::One(0),
-                    64,
-                    short,
-                )
-                .await?;
-            self.values.insert("hot", m.load.rps());
+            self.scenario(
+                Some("hot"),
+                "CompleteRun c64, one hot task",
+                Keying::One(0),
+                64,
+                short,
+            )
+            .await?;
         }
         if self.cfg.runs("newtask") {
-            let m = self
-                .scenario(
-                    "CompleteRun c64, new task per call",
-                    "concurrent",
-                    Keying::PerCall,
-                    64,
-                    short,
-                )
-                .await?;
-            self.values.insert("newtask", m.load.rps());
+            self.scenario(
+                Some("newtask"),
+                "CompleteRun c64, new task per call",
+                Keying::PerCall,
+                64,
+                short,
+            )
+            .await?;
         }
         if self.cfg.runs("sweep") {
             for c in [8, 16, 32, 128] {
-                let m = self
-                    .scenario(
-                        &format!("CompleteRun c{c}, 100 tasks"),
-                        "concurrent",
-                        tasks,
-                        c,
-                        short,
-                    )
-                    .await?;
+                let label = format!("CompleteRun c{c}, 100 tasks");
+                let m = self.scenario(None, &label, tasks, c, short).await?;
                 peak.push((c, m.load.rps()));
             }
         }
         if self.cfg.runs("c256") {
+            let label = "CompleteRun c256, 100 tasks";
             let m = self
-                .scenario(
-                    "CompleteRun c256, 100 tasks",
-                    "concurrent",
-                    tasks,
-                    256,
-                    self.cfg.secs,
-                )
+                .scenario(Some("c256"), label, tasks, 256, self.cfg.secs)
                 .await?;
-            self.values.insert("c256", m.load.rps());
             peak.push((256, m.load.rps()));
         }
         if let Some(&(c, rps)) = peak.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
-            self.values.insert("peak", rps);
-            self.values.insert("peak_c", c as f64);
+            self.values.insert("peak".into(), rps);
+            self.values.insert("peak_c".into(), c as f64);
         }
         if self.cfg.runs("snapshot") {
             self.snapshot_reads().await?;
         }
         if self.cfg.runs("wal") {
             let long = self.cfg.long_secs;
-            let m = self
-                .scenario(
-                    &format!("CompleteRun c64, 100 tasks, {long} s (WAL checkpoints)"),
-                    "concurrent",
-                    tasks,
-                    64,
-                    long,
-                )
-                .await?;
-            self.values.insert("wal_p99", m.load.quantile_ms(0.99));
+            let label = format!("CompleteRun c64, 100 tasks, {long} s (WAL checkpoints)");
+            let m = self.scenario(Some("wal"), &label, tasks, 64, long).await?;
             self.notes.push(wal_note(&m));
         }
         Ok(())
@@ -790,19 +1025,39 @@ impl Bench {
     }
 
     fn report(&self, elapsed: Duration, load_before: &str) -> String {
+        let mut out = self.results_table();
+        let _ = writeln!(out);
+        out.push_str(&self.ratio_table());
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Machine and run:");
+        let _ = writeln!(out);
+        let notes = self
+            .machine_notes(elapsed, load_before)
+            .into_iter()
+            .chain(self.cpu_notes())
+            .chain(self.notes.iter().cloned());
+        for note in notes {
+            let _ = writeln!(out, "- {note}");
+        }
+        out
+    }
+
+    fn results_table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| scenario | conc | calls | errors | ended by | RPS | p50 ms | p99 ms | server write p50 ms | server CPU µs/call | client CPU µs/call | writes/commit | pairs together | writes verified |"
+            "| scenario | conc | calls | errors | ended by | RPS | p50 ms | p99 ms | server write p50 ms | runstore CPU µs/call | PostgreSQL CPU µs/call | client CPU µs/call | machine CPU busy | writes/commit | pairs together | writes verified |"
         );
         let _ = writeln!(
             out,
-            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
         );
+        let or_dash =
+            |v: Option<f64>, decimals: usize| v.map_or("–".into(), |v| format!("{v:.decimals$}"));
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {:.0} | {:.0} % | {} | {} | {} |",
                 r.scenario,
                 r.concurrency,
                 fmt_count(r.calls),
@@ -811,68 +1066,67 @@ impl Bench {
                 r.rps,
                 r.p50,
                 r.p99,
-                r.write_p50.map_or("–".into(), |w| format!("{w:.2}")),
-                r.cpu_us,
-                r.client_us,
-                r.per_commit.map_or("–".into(), |w| format!("{w:.1}")),
+                or_dash(r.write_p50, 2),
+                or_dash(r.cpu.runstore, 0),
+                or_dash(r.cpu.postgres, 0),
+                r.cpu.client,
+                r.cpu.busy * 100.0,
+                or_dash(r.per_commit, 1),
                 r.pairs
                     .map_or("–".into(), |s| format!("{:.1} %", s * 100.0)),
                 r.verified
             );
         }
-        let _ = writeln!(out);
+        out
+    }
+
+    fn ratio_table(&self) -> String {
+        let mut out = String::new();
         let _ = writeln!(out, "| ratio (same run) | value | target | met |");
         let _ = writeln!(out, "| --- | ---: | ---: | --- |");
         let peak_c = self.values.get("peak_c").map_or(0, |c| *c as usize);
-        let targets: [(String, Option<f64>, &str, Option<bool>); 5] = {
-            let r = |a, b| self.ratio(a, b);
-            let c64 = r("c64", "pg64");
-            let seq = r("c1seq_p50", "c1_p50");
-            let lat = r("c1_p50", "pg1_p50");
-            let snap = r("snap_big", "snap_small");
-            let c256 = r("c256", "peak");
-            [
-                (
-                    "RPS c64 / pgbench c64 TPS".into(),
-                    c64,
-                    "≥ 1.2",
-                    c64.map(|v| v >= 1.2),
+        let r = |a, b| self.ratio(a, b);
+        let targets = [
+            (
+                "RPS c64 / pgbench c64 TPS".into(),
+                r("c64", "pg64"),
+                Target::AtLeast(1.2),
+            ),
+            (
+                "RPS c64 runstore on PostgreSQL / pgbench c64 TPS".into(),
+                r("pgstore64", "pg64"),
+                Target::AtLeast(0.5),
+            ),
+            (
+                "p50 c1 sequential / concurrent".into(),
+                r("c1seq_p50", "c1_p50"),
+                Target::AtLeast(1.5),
+            ),
+            (
+                "p50 c1 / pgbench c1 p50".into(),
+                r("c1_p50", "pg1_p50"),
+                Target::AtMost(0.7),
+            ),
+            (
+                format!(
+                    "snapshot first-page RPS {} runs / {PAGE_RUNS} runs",
+                    fmt_count(self.cfg.big_history)
                 ),
-                (
-                    "p50 c1 sequential / concurrent".into(),
-                    seq,
-                    "≥ 1.5",
-                    seq.map(|v| v >= 1.5),
-                ),
-                (
-                    "p50 c1 / pgbench c1 p50".into(),
-                    lat,
-                    "≤ 0.7",
-                    lat.map(|v| v <= 0.7),
-                ),
-                (
-                    format!(
-                        "snapshot first-page RPS {} runs / {PAGE_RUNS} runs",
-                        fmt_count(self.cfg.big_history)
-                    ),
-                    snap,
-                    "≥ 0.8",
-                    snap.map(|v| v >= 0.8),
-                ),
-                (
-                    format!("RPS c256 / peak (c{peak_c})"),
-                    c256,
-                    "≥ 0.9",
-                    c256.map(|v| v >= 0.9),
-                ),
-            ]
-        };
-        for (name, value, target, met) in &targets {
+                r("snap_big", "snap_small"),
+                Target::AtLeast(0.8),
+            ),
+            (
+                format!("RPS c256 / peak (c{peak_c})"),
+                r("c256", "peak"),
+                Target::AtLeast(0.9),
+            ),
+        ];
+        for (name, value, target) in targets {
             let _ = writeln!(
                 out,
                 "| {name} | {} | {target} | {} |",
                 value.map_or("not run".into(), |v| format!("{v:.2}")),
-                match met {
+                match value.map(|v| target.met(v)) {
                     Some(true) => "yes",
                     Some(false) => "**no**",
                     None => "–",
@@ -880,18 +1134,35 @@ impl Bench {
             );
         }
         let info = [
-            ("RPS c64 hot task / 100 tasks", self.ratio("hot", "c64")),
             (
-                "RPS c64 new task per call / 100 tasks",
-                self.ratio("newtask", "c64"),
+                "RPS c64 runstore on PostgreSQL / runstore on SQLite",
+                r("pgstore64", "c64"),
             ),
+            (
+                "p50 c1 runstore on PostgreSQL / pgbench c1 p50",
+                r("pgstore1_p50", "pg1_p50"),
+            ),
+            (
+                "p50 c1 runstore on PostgreSQL / runstore on SQLite",
+                r("pgstore1_p50", "c1_p50"),
+            ),
+            (
+                "PostgreSQL CPU per call, runstore on PostgreSQL c64 / pgbench c64",
+                r("pgstore64_pg_cpu", "pg64_pg_cpu"),
+            ),
+            (
+                "CPU per call of all processes, runstore on PostgreSQL c64 / pgbench c64",
+                r("pgstore64_total_cpu", "pg64_total_cpu"),
+            ),
+            ("RPS c64 hot task / 100 tasks", r("hot", "c64")),
+            ("RPS c64 new task per call / 100 tasks", r("newtask", "c64")),
             (
                 "p99 c64 long (WAL checkpoints) / p99 c64",
-                self.ratio("wal_p99", "c64_p99"),
+                r("wal_p99", "c64_p99"),
             ),
             (
-                "server CPU per call, runstore c64 / pgbench c64",
-                self.ratio("c64_cpu", "pg64_cpu"),
+                "server CPU per call, runstore on SQLite c64 / PostgreSQL under pgbench c64",
+                r("c64_cpu", "pg64_pg_cpu"),
             ),
             (
                 "pairs sharing a commit, c1",
@@ -907,16 +1178,52 @@ impl Bench {
                 let _ = writeln!(out, "| {name} | {v:.2} | – | – |");
             }
         }
-        let _ = writeln!(out);
-        let _ = writeln!(out, "Machine and run:");
-        let _ = writeln!(out);
-        for note in self.machine_notes(elapsed, load_before) {
-            let _ = writeln!(out, "- {note}");
-        }
-        for note in &self.notes {
-            let _ = writeln!(out, "- {note}");
-        }
         out
+    }
+
+    /// For each row PostgreSQL served: the CPU a call took on every
+    /// process, the throughput that allows on this machine's CPUs, and
+    /// whether they were saturated.
+    fn cpu_notes(&self) -> Vec<String> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.rows
+            .iter()
+            .filter(|r| r.cpu.postgres.is_some())
+            .map(|r| {
+                let c = &r.cpu;
+                let total = c.total();
+                let ceiling = cpus as f64 * 1e6 / total.max(1e-9);
+                // The share of the machine's CPU time this benchmark's
+                // processes took.
+                let own = r.rps / ceiling;
+                let bound = if c.busy < 0.9 {
+                    "not CPU-bound: it waited (commits, locks, round trips) with CPU to spare"
+                        .to_owned()
+                } else if own >= 0.75 {
+                    "CPU-bound: its own processes saturated the CPUs".to_owned()
+                } else {
+                    format!(
+                        "the CPUs were saturated, {:.0} % of them by other work (kernel work \
+                         charged to no process, other jobs): it was short of CPU that others took",
+                        (c.busy - own).max(0.0) * 100.0
+                    )
+                };
+                format!(
+                    "{}: {} CPU µs per call (runstore {}, PostgreSQL {:.0}, client {:.0}); \
+                     at that cost {cpus} CPUs serve at most {:.0} calls/s, it ran {:.0}, so its \
+                     processes used {:.0} % of the CPUs; the machine's were {:.0} % busy: {bound}.",
+                    r.scenario,
+                    total.round(),
+                    c.runstore.map_or("–".into(), |u| format!("{u:.0}")),
+                    c.postgres.unwrap_or(0.0),
+                    c.client,
+                    ceiling,
+                    r.rps,
+                    own * 100.0,
+                    c.busy * 100.0,
+                )
+            })
+            .collect()
     }
 
     fn machine_notes(&self, elapsed: Duration, load_before: &str) -> Vec<String> {
@@ -945,8 +1252,13 @@ impl Bench {
             ),
             format!(
                 "Data dirs in {} ({fs}); runstore: SQLite WAL, synchronous=FULL, one committer thread; \
-                 PostgreSQL: fsync=on, synchronous_commit=on, shared_buffers=256MB, max_connections=300.",
-                self.cfg.tmp_root.display()
+                 PostgreSQL: fsync=on, synchronous_commit=on, shared_buffers=256MB, max_connections=300; \
+                 runstore on PostgreSQL: that same server over TCP on 127.0.0.1 (no TLS), database {} \
+                 dropped and re-created per round, --postgres-pool-size {}, each write \
+                 one autocommit statement.",
+                self.cfg.tmp_root.display(),
+                pg::RUNSTORE_DB,
+                self.cfg.pg_pool_size,
             ),
             format!(
                 "Load client: {} HTTP/2 connections, 2 tokio workers, requests pre-encoded (the fixture summary, {} bytes, ids patched in place); \
@@ -957,8 +1269,9 @@ impl Bench {
             ),
             "RPS counts OK calls over the scenario's wall time; p50/p99 are exact (every call's latency); \
              server write p50 is the median of each call's slower WriteStatus.duration_micros (queueing for, and waiting on, the commit); \
-             server CPU is utime+stime from /proc (for PostgreSQL: the postmaster, its live children and its reaped backends) \
-             over the load, divided by the calls; client CPU likewise for this load client or pgbench."
+             CPU is utime+stime from /proc over the load, divided by the calls: runstore's server process; \
+             PostgreSQL's postmaster, its live children and its reaped backends (under pgbench and under runstore on PostgreSQL); \
+             this load client or pgbench; machine CPU busy is the busy share of all CPUs from /proc/stat (other users' jobs included)."
                 .into(),
         ]
     }

@@ -3,7 +3,9 @@
 //! `shared_buffers=256MB`, `max_connections=300`, `fsync=on`,
 //! `synchronous_commit=on` (and its Unix socket in the temp dir, so it never
 //! touches a system cluster's). pgbench runs a script of two upserts, each
-//! its own autocommit transaction, of the fixture summary.
+//! its own autocommit transaction, of the fixture summary, in the database
+//! `postgres`; runstore's PostgreSQL scenarios use the same server, in a
+//! database of their own ([`RUNSTORE_DB`]) re-created empty per round.
 
 use std::{
     net::{Ipv4Addr, TcpListener},
@@ -16,7 +18,10 @@ use std::{
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use crate::server::{ProcStat, proc_stat};
+use crate::server::{MachineTicks, ProcStat, proc_stat};
+
+/// The database of runstore's PostgreSQL scenarios (runstore migrates it).
+pub const RUNSTORE_DB: &str = "runstore_bench";
 
 /// The tables, shaped like runstore's: keys first, then the payload.
 const SCHEMA: &str = "
@@ -77,6 +82,8 @@ pub struct PgbenchRun {
     pub server_ticks: u64,
     /// pgbench's own CPU.
     pub client_ticks: u64,
+    /// The whole machine's CPU time over the run.
+    pub machine: MachineTicks,
     pub rows: (u64, u64),
 }
 
@@ -93,6 +100,7 @@ impl PgbenchRun {
         self.latencies_us.sort_unstable();
         self.server_ticks += other.server_ticks;
         self.client_ticks += other.client_ticks;
+        self.machine.add(other.machine);
         self.rows = (self.rows.0 + other.rows.0, self.rows.1 + other.rows.1);
     }
 }
@@ -221,19 +229,57 @@ impl Postgres {
         cmd
     }
 
+    /// Runs `sql` in the database `postgres`.
     pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        self.psql_in("postgres", sql)
+    }
+
+    fn psql_in(&self, db: &str, sql: &str) -> anyhow::Result<String> {
         let out = self
             .tool("psql")
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .args(["-U", "postgres", "-d", db, "-c", sql])
             .output()?;
         checked("psql", out)
     }
 
+    /// The URL runstore connects to `db` with: TCP on 127.0.0.1, like
+    /// pgbench (trust authentication, initdb's default; no TLS offered).
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Drops `db` and creates it again, empty, then checkpoints (as each
+    /// pgbench round starts), so each round starts alike.
+    pub fn recreate_database(&self, db: &str) -> anyhow::Result<()> {
+        // One statement per psql call: neither may run in a transaction.
+        self.psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))?;
+        self.psql(&format!("CREATE DATABASE {db}"))?;
+        self.psql("CHECKPOINT")?;
+        Ok(())
+    }
+
+    /// Rows of `snapshot_entries` and of `manifests` in `db`.
+    pub fn stored_rows(&self, db: &str) -> anyhow::Result<(u64, u64)> {
+        let count = |table: &str| -> anyhow::Result<u64> {
+            let n = self.psql_in(db, &format!("SELECT count(*) FROM {table}"))?;
+            n.trim()
+                .parse()
+                .with_context(|| format!("count of {table}: {n:?}"))
+        };
+        Ok((count("snapshot_entries")?, count("manifests")?))
+    }
+
     /// CPU ticks of the whole server: the postmaster, the backends it
-    /// reaped, and its live children (checkpointer, WAL writer, ...).
-    fn cpu_ticks(&self) -> anyhow::Result<u64> {
+    /// reaped, and its live children (backends, checkpointer, WAL writer,
+    /// ...). Around a load whose backends stay connected (runstore's pool)
+    /// the live ones are counted at both ends; ones that exit in between
+    /// move into the postmaster's reaped children.
+    pub fn cpu_ticks(&self) -> anyhow::Result<u64> {
         let mut ticks = proc_stat(self.postmaster)?.with_children();
         for entry in std::fs::read_dir("/proc")? {
             let Some(pid) = entry?
@@ -312,6 +358,7 @@ impl Postgres {
         .stderr(Stdio::piped());
         let before = self.cpu_ticks()?;
         let client_before = proc_stat(std::process::id())?;
+        let machine_before = MachineTicks::now()?;
         let started = Instant::now();
         let mut child = cmd.spawn().context("starting pgbench")?;
         // pgbench takes -t or -T, not both: -T bounds the time, and this
@@ -329,6 +376,7 @@ impl Postgres {
             thread::sleep(Duration::from_millis(20));
         }
         let out = checked("pgbench", child.wait_with_output()?)?;
+        let machine = MachineTicks::now()?.since(machine_before);
         let client_after = proc_stat(std::process::id())?;
         let client_ticks = (client_after.cutime + client_after.cstime)
             .saturating_sub(client_before.cutime + client_before.cstime);
@@ -374,13 +422,7 @@ impl Postgres {
             }
         }
         latencies_us.sort_unstable();
-        let count = |table: &str| -> anyhow::Result<u64> {
-            Ok(self
-                .psql(&format!("SELECT count(*) FROM {table}"))?
-                .trim()
-                .parse()?)
-        };
-        let rows = (count("snapshot_entries")?, count("manifests")?);
+        let rows = self.stored_rows("postgres")?;
         Ok(PgbenchRun {
             transactions,
             failed,
@@ -388,6 +430,7 @@ impl Postgres {
             latencies_us,
             server_ticks,
             client_ticks,
+            machine,
             rows,
         })
     }

@@ -1,5 +1,6 @@
-//! The real release server as a child process on 127.0.0.1:0, its JSON log,
-//! its CPU time from /proc, and what its database holds after it stopped.
+//! The real release server as a child process on 127.0.0.1:0, on SQLite (a
+//! data dir) or PostgreSQL (a URL); its JSON log, its CPU time from /proc,
+//! the machine's, and what its SQLite database holds after it stopped.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -19,10 +20,21 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long it may take to exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// Where the server keeps its data.
+#[derive(Debug, Clone, Copy)]
+pub enum Storage<'a> {
+    /// SQLite in this data dir (`--data-dir`).
+    Sqlite(&'a Path),
+    /// PostgreSQL at this URL (`RUNSTORE_STORAGE`), with this many pooled
+    /// connections (`--postgres-pool-size`).
+    Postgres { url: &'a str, pool_size: usize },
+}
+
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
-    pub data_dir: PathBuf,
+    /// SQLite's data dir; `None` on PostgreSQL.
+    data_dir: Option<PathBuf>,
     log: Arc<Mutex<Vec<Value>>>,
     reader: Option<thread::JoinHandle<()>>,
 }
@@ -46,12 +58,25 @@ pub struct CommitReport {
 }
 
 impl Server {
-    pub fn start(bin: &Path, data_dir: &Path, write_mode: &str) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--write-mode", write_mode])
+    pub fn start(bin: &Path, storage: Storage<'_>, write_mode: &str) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--write-mode", write_mode]);
+        let data_dir = match storage {
+            Storage::Sqlite(dir) => {
+                // An inherited RUNSTORE_STORAGE would send it to PostgreSQL.
+                cmd.env_remove("RUNSTORE_STORAGE")
+                    .arg("--data-dir")
+                    .arg(dir);
+                Some(dir.to_path_buf())
+            }
+            Storage::Postgres { url, pool_size } => {
+                cmd.env("RUNSTORE_STORAGE", url)
+                    .args(["--postgres-pool-size", &pool_size.to_string()]);
+                None
+            }
+        };
+        let mut child = cmd
             // The checkpointer thread (where there is one) logs each WAL
             // checkpoint at debug: four lines a second at most.
             .env(
@@ -81,7 +106,7 @@ impl Server {
         Ok(Self {
             child,
             addr,
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
             log,
             reader: Some(reader),
         })
@@ -96,12 +121,14 @@ impl Server {
         Ok(proc_stat(self.pid())?.own())
     }
 
-    pub fn wal_path(&self) -> PathBuf {
-        self.data_dir.join("runstore.db-wal")
+    /// SQLite's WAL file; `None` on PostgreSQL.
+    pub fn wal_path(&self) -> Option<PathBuf> {
+        Some(self.data_dir.as_ref()?.join("runstore.db-wal"))
     }
 
-    /// SIGTERM, then waits (bounded) for a clean exit and reads the group
-    /// commit line of its log.
+    /// SIGTERM, then waits (bounded) for a clean exit and reads its log:
+    /// the partial runs, and on SQLite the group commit line (required)
+    /// and the checkpoints.
     pub fn stop(mut self) -> anyhow::Result<CommitReport> {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
@@ -155,7 +182,7 @@ impl Server {
                 _ => {}
             }
         }
-        if !found {
+        if !found && self.data_dir.is_some() {
             bail!("the server logged no \"sqlite group commit stopped\" line");
         }
         Ok(report)
@@ -231,6 +258,57 @@ pub fn proc_stat(pid: u32) -> anyhow::Result<ProcStat> {
         cutime: field(16)?,
         cstime: field(17)?,
     })
+}
+
+/// The machine's CPU time (the `cpu` line of /proc/stat), in ticks: busy
+/// (everything but idle and iowait) and in all, over every CPU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineTicks {
+    pub busy: u64,
+    pub total: u64,
+}
+
+impl MachineTicks {
+    pub fn now() -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("cpu "))
+            .context("/proc/stat has no cpu line")?;
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already inside user and nice).
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .context("/proc/stat cpu line")?;
+        let total: u64 = fields.iter().sum();
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        Ok(Self {
+            busy: total - idle,
+            total,
+        })
+    }
+
+    /// The time from `earlier` to `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            busy: self.busy.saturating_sub(earlier.busy),
+            total: self.total.saturating_sub(earlier.total),
+        }
+    }
+
+    pub fn add(&mut self, other: Self) {
+        self.busy += other.busy;
+        self.total += other.total;
+    }
+
+    /// The share of the machine's CPU time that was busy.
+    pub fn busy_share(self) -> f64 {
+        self.busy as f64 / self.total.max(1) as f64
+    }
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`, 100 where it cannot be asked).
