@@ -33,7 +33,8 @@ use crate::{
         deadline,
     },
     storage::{
-        self, EventQuery, RunRecord, SnapshotQuery, Storage, StorageError, Target, TaskQuery,
+        self, EventHead, EventQuery, RunRecord, SnapshotQuery, Storage, StorageError, Target,
+        TaskQuery,
     },
 };
 use error::ApiError;
@@ -396,14 +397,19 @@ impl PersistenceApi {
         let start = if req.after.is_empty() {
             self.storage.event_head().await?
         } else {
-            page_token::decode_event(&req.after).ok_or_else(|| ApiError::InvalidArgument {
-                field: "after",
-                rule: "must be a RunEvent.cursor returned by WatchRuns".into(),
-            })?
+            EventHead {
+                after: page_token::decode_event(&req.after).ok_or_else(|| {
+                    ApiError::InvalidArgument {
+                        field: "after",
+                        rule: "must be a RunEvent.cursor returned by WatchRuns".into(),
+                    }
+                })?,
+                committed: Vec::new(),
+            }
         };
         // A pruned cursor is the call's status, not the stream's first message.
         let probe = EventQuery {
-            after: start,
+            after: start.after,
             task_prefix: req.task_prefix.clone(),
             limit: 1,
         };

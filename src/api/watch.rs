@@ -3,7 +3,7 @@
 //! a bounded buffer, and sleeps until storage signals new events (or a slow
 //! poll comes round, for what a signal cannot reach).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,7 +13,7 @@ use tonic::Status;
 use crate::{
     api::{error::ApiError, page_token},
     proto::{RunEventKind, WatchRunsResponse},
-    storage::{EventCursor, EventKind, EventQuery, RunEvent, Storage},
+    storage::{EventCursor, EventHead, EventKind, EventQuery, RunEvent, Storage},
 };
 
 /// Events a watcher may fall behind by; beyond it its stream ends with the
@@ -30,7 +30,7 @@ pub type WatchStream = ReceiverStream<Result<WatchRunsResponse, Status>>;
 /// Starts a watcher after `start`.
 pub fn spawn(
     storage: Arc<dyn Storage>,
-    start: EventCursor,
+    start: EventHead,
     task_prefix: String,
     stop: CancellationToken,
 ) -> WatchStream {
@@ -53,14 +53,16 @@ pub fn spawn(
 /// with a status.
 async fn follow(
     storage: &Arc<dyn Storage>,
-    start: EventCursor,
+    start: EventHead,
     task_prefix: String,
     stop: &CancellationToken,
     tx: &mpsc::Sender<Result<WatchRunsResponse, Status>>,
 ) -> Option<Status> {
     let mut signal = storage.event_signal();
+    // Committed before the watch began, though after its start cursor.
+    let mut committed: HashSet<EventCursor> = start.committed.into_iter().collect();
     let mut query = EventQuery {
-        after: start,
+        after: start.after,
         task_prefix,
         limit: SCAN,
     };
@@ -73,6 +75,10 @@ async fn follow(
         };
         for event in page.events {
             let cursor = event.cursor;
+            if committed.remove(&cursor) {
+                query.after = cursor;
+                continue;
+            }
             match tx.try_send(Ok(response(event))) {
                 Ok(()) => query.after = cursor,
                 Err(TrySendError::Full(_)) => {

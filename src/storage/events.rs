@@ -48,6 +48,15 @@ pub struct RunEvent {
     pub recorded_at: SystemTime,
 }
 
+/// Where a watch from now starts: after `after`, leaving out the events in
+/// `committed`, which lie after it but had committed already (on PostgreSQL,
+/// those of transactions above the snapshot's xmin; none on SQLite).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventHead {
+    pub after: EventCursor,
+    pub committed: Vec<EventCursor>,
+}
+
 /// Which events to read: those after `after` whose task id starts with
 /// `task_prefix`, scanning at most `limit` events.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use events::{EventCursor, EventKind, EventPage, EventQuery, RunEvent};
+pub use events::{EventCursor, EventHead, EventKind, EventPage, EventQuery, RunEvent};
 pub use history::{
     PAGE_BYTE_BUDGET, RunCursor, RunInstant, SnapshotPage, SnapshotQuery, StoredRun, TaskInfo,
     TaskPage, TaskQuery,
@@ -153,8 +153,9 @@ pub trait Storage: Send + Sync + 'static {
     /// writes keep: a page costs the same however many tasks exist.
     async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError>;
 
-    /// The position after the newest event: a watch from now starts there.
-    async fn event_head(&self) -> Result<EventCursor, StorageError>;
+    /// Where a watch from now starts: every event committed before this
+    /// call is at or before the head, or listed in it.
+    async fn event_head(&self) -> Result<EventHead, StorageError>;
 
     /// Reads events after `query.after` in cursor order, never one whose
     /// transaction could still be followed by an earlier cursor's commit.

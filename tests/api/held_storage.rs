@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use runstore::{
     proto::WriteTarget,
     storage::{
-        EventCursor, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
+        EventHead, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
         StorageError, StoredManifest, TaskPage, TaskQuery, WriteReceipt,
     },
 };
@@ -87,7 +87,7 @@ impl<H: Hooks> Storage for Hooked<H> {
     async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError> {
         self.inner.list_tasks(query).await
     }
-    async fn event_head(&self) -> Result<EventCursor, StorageError> {
+    async fn event_head(&self) -> Result<EventHead, StorageError> {
         self.inner.event_head().await
     }
     async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StorageError> {

@@ -25,7 +25,7 @@ use pool::{Connections, PoolBuildError};
 pub use url::DatabaseUrl;
 
 use super::{
-    EventCursor, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
+    EventHead, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
     StorageError, StoredManifest, Target, TaskPage, TaskQuery, WriteReceipt, location,
 };
 
@@ -171,7 +171,7 @@ impl Storage for PostgresStorage {
         Ok(found)
     }
 
-    async fn event_head(&self) -> Result<EventCursor, StorageError> {
+    async fn event_head(&self) -> Result<EventHead, StorageError> {
         self.with_connection(async |conn| queries::event_head(conn).await)
             .await
     }

@@ -1,172 +1,107 @@
-//! The SQL of the PostgreSQL backend. A manifest write is one autocommit
-//! statement; a snapshot write and a delete are short transactions that lock
-//! their task's row first. Reads are keyset seeks on the order index or the
+//! The SQL of the PostgreSQL backend. Every write is one autocommit
+//! statement, one round trip: the manifest's upserts it and appends its
+//! event; a snapshot write and a delete call the functions of the
+//! migrations, which lock their task's row first. Reads are keyset seeks on the order index or the
 //! tasks' key. None depends on the length of the task's history.
 
 use std::time::SystemTime;
 
-use deadpool_postgres::{Object, Transaction};
+use deadpool_postgres::Object;
 use futures_util::TryStreamExt;
 use tokio_postgres::IsolationLevel;
 
 use super::errors::classify;
 use crate::storage::{
-    EventCursor, EventKind, EventPage, EventQuery, PAGE_BYTE_BUDGET, RunCursor, RunEvent,
-    RunInstant, RunRecord, SnapshotPage, SnapshotQuery, StorageError, StoredManifest, StoredRun,
-    TaskInfo, TaskPage, TaskQuery,
+    EventCursor, EventHead, EventKind, EventPage, EventQuery, PAGE_BYTE_BUDGET, RunCursor,
+    RunEvent, RunInstant, RunRecord, SnapshotPage, SnapshotQuery, StorageError, StoredManifest,
+    StoredRun, TaskInfo, TaskPage, TaskQuery,
 };
 
 fn sql(err: tokio_postgres::Error) -> StorageError {
     classify(&err)
 }
 
-/// Draws the task's next sequence number and upserts the entry with it,
-/// then brings the task's counters up to date, in one transaction. The
-/// `tasks` row lock the first statement takes is held to the commit, so
-/// writers and deleters of one task — on any replica — commit in sequence
-/// order, a rewritten run sorts as recorded last, and the counters
-/// statement (which sees every earlier commit: READ COMMITTED takes a
-/// snapshot per statement) is exact. Every transaction locks the task row
-/// first and then entries, always in that order: no deadlock.
-pub async fn write_snapshot(conn: &mut Object, run: &RunRecord) -> Result<u64, StorageError> {
-    let tx = conn.transaction().await.map_err(sql)?;
-    let upsert = tx
-        .prepare_cached(
-            "WITH seq AS (
-                 INSERT INTO tasks (task_id, last_seq) VALUES ($1, 1)
-                 ON CONFLICT (task_id) DO UPDATE SET last_seq = tasks.last_seq + 1
-                 RETURNING last_seq
-             )
-             INSERT INTO snapshot_entries
-                 (task_id, run_id, timestamp, instant_secs, instant_nanos, seq, summary_json)
-             SELECT $1, $2, $3, $4, $5, seq.last_seq, $6 FROM seq
-             ON CONFLICT (task_id, run_id) DO UPDATE SET
-                 timestamp = excluded.timestamp,
-                 instant_secs = excluded.instant_secs,
-                 instant_nanos = excluded.instant_nanos,
-                 seq = excluded.seq,
-                 summary_json = excluded.summary_json
-             RETURNING (xmax = 0)", // true when inserted, false when updated
-        )
+/// Draws the task's next sequence number, upserts the entry with it and
+/// keeps the task's counters, in one autocommit call of
+/// `runstore_write_snapshot` (`0002_task_counters.sql` says why it is exact
+/// and deadlock-free): one round trip.
+pub async fn write_snapshot(conn: &Object, run: &RunRecord) -> Result<u64, StorageError> {
+    let statement = conn
+        .prepare_cached("SELECT runstore_write_snapshot($1, $2, $3, $4, $5, $6)")
         .await
         .map_err(sql)?;
     let nanos = nanos_i32(run.instant.nanos);
-    let inserted: bool = tx
-        .query_one(
-            &upsert,
-            &[
-                &run.task_id,
-                &run.run_id,
-                &run.timestamp,
-                &run.instant.secs,
-                &nanos,
-                &run.summary_json,
-            ],
-        )
-        .await
-        .map_err(sql)?
-        .get(0);
-    update_task_counters(&tx, &run.task_id, i64::from(inserted)).await?;
-    tx.commit().await.map_err(sql)?;
+    conn.execute(
+        &statement,
+        &[
+            &run.task_id,
+            &run.run_id,
+            &run.timestamp,
+            &run.instant.secs,
+            &nanos,
+            &run.summary_json,
+        ],
+    )
+    .await
+    .map_err(sql)?;
     Ok((run.timestamp.len() + run.summary_json.len()) as u64)
 }
 
-/// Adds `added` to the task's run count and takes its latest timestamp from
-/// the top of the order index (one seek); drops the row of a task left
-/// without runs. The caller holds the task row's lock.
-async fn update_task_counters(
-    tx: &Transaction<'_>,
-    task_id: &str,
-    added: i64,
-) -> Result<(), StorageError> {
-    let update = tx
-        .prepare_cached(
-            "UPDATE tasks SET
-                 run_count = run_count + $2,
-                 last_run_at = (SELECT timestamp FROM snapshot_entries WHERE task_id = $1
-                                ORDER BY instant_secs DESC, instant_nanos DESC, seq DESC LIMIT 1)
-             WHERE task_id = $1",
-        )
+/// Removes both records of a run, keeps the counters and appends the
+/// DELETED event, in one autocommit call of `runstore_delete_run`. Returns
+/// whether either record existed.
+pub async fn delete_run(conn: &Object, task_id: &str, run_id: &str) -> Result<bool, StorageError> {
+    let statement = conn
+        .prepare_cached("SELECT runstore_delete_run($1, $2)")
         .await
         .map_err(sql)?;
-    tx.execute(&update, &[&task_id, &added])
-        .await
-        .map_err(sql)?;
-    if added < 0 {
-        let drop_empty = tx
-            .prepare_cached("DELETE FROM tasks WHERE task_id = $1 AND run_count <= 0")
-            .await
-            .map_err(sql)?;
-        tx.execute(&drop_empty, &[&task_id]).await.map_err(sql)?;
-    }
-    Ok(())
-}
-
-/// Removes both records of a run in one transaction, after locking its
-/// task's row (the order every writer of the task follows). Returns whether
-/// either record existed.
-pub async fn delete_run(
-    conn: &mut Object,
-    task_id: &str,
-    run_id: &str,
-) -> Result<bool, StorageError> {
-    let tx = conn.transaction().await.map_err(sql)?;
-    let lock = tx
-        .prepare_cached("SELECT 1 FROM tasks WHERE task_id = $1 FOR UPDATE")
-        .await
-        .map_err(sql)?;
-    tx.query_opt(&lock, &[&task_id]).await.map_err(sql)?;
-    let mut timestamps = Vec::with_capacity(2);
-    for table in ["snapshot_entries", "manifests"] {
-        let delete = tx
-            .prepare_cached(&format!(
-                "DELETE FROM {table} WHERE task_id = $1 AND run_id = $2 RETURNING timestamp"
-            ))
-            .await
-            .map_err(sql)?;
-        let removed = tx
-            .query_opt(&delete, &[&task_id, &run_id])
-            .await
-            .map_err(sql)?;
-        timestamps.push(removed.map(|row| row.get::<_, String>(0)));
-    }
-    let [entry, manifest]: [Option<String>; 2] = timestamps
-        .try_into()
-        .map_err(|_| StorageError::Internal("two deletes".into()))?;
-    if entry.is_some() {
-        update_task_counters(&tx, task_id, -1).await?;
-    }
-    let Some(timestamp) = manifest.or(entry) else {
-        tx.commit().await.map_err(sql)?;
-        return Ok(false);
-    };
-    let event = tx
-        .prepare_cached(
-            "INSERT INTO run_events (kind, task_id, run_id, timestamp) VALUES ('DELETED', $1, $2, $3)",
-        )
-        .await
-        .map_err(sql)?;
-    tx.execute(&event, &[&task_id, &run_id, &timestamp])
-        .await
-        .map_err(sql)?;
-    tx.commit().await.map_err(sql)?;
-    Ok(true)
-}
-
-/// Where a watch from now starts: every transaction below the snapshot's
-/// xmin has ended, so everything from there on is still to come (or in
-/// flight).
-pub async fn event_head(conn: &Object) -> Result<EventCursor, StorageError> {
     let row = conn
+        .query_one(&statement, &[&task_id, &run_id])
+        .await
+        .map_err(sql)?;
+    Ok(row.get(0))
+}
+
+/// Where a watch from now starts, from one snapshot: after its xmin (every
+/// transaction below it has ended; everything from there on is to come or
+/// in flight), leaving out the events of transactions above xmin that had
+/// committed (bounded: they are the few since the oldest open transaction
+/// began; past the bound a watcher may see a few of them).
+pub async fn event_head(conn: &mut Object) -> Result<EventHead, StorageError> {
+    const MOST_COMMITTED: i64 = 10_000;
+    let tx = conn
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(sql)?;
+    let xmin: i64 = tx
         .query_one(
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
             &[],
         )
         .await
+        .map_err(sql)?
+        .get(0);
+    let committed = tx
+        .query(
+            "SELECT tx, id FROM run_events WHERE tx >= $1 ORDER BY tx, id LIMIT $2",
+            &[&xmin, &MOST_COMMITTED],
+        )
+        .await
         .map_err(sql)?;
-    Ok(EventCursor {
-        tx: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
-        id: 0,
+    tx.commit().await.map_err(sql)?;
+    let cursor = |tx: i64, id: i64| EventCursor {
+        tx: u64::try_from(tx).unwrap_or_default(),
+        id: u64::try_from(id).unwrap_or_default(),
+    };
+    Ok(EventHead {
+        after: cursor(xmin, 0),
+        committed: committed
+            .iter()
+            .map(|r| cursor(r.get(0), r.get(1)))
+            .collect(),
     })
 }
 

@@ -31,7 +31,7 @@ pub use connection::{DATABASE_FILE, LockWait, OpenDatabaseError};
 use reads::ReadPool;
 
 use super::{
-    EventCursor, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
+    EventHead, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
     StorageError, StoredManifest, Target, TaskPage, TaskQuery, WriteReceipt,
 };
 
@@ -171,8 +171,13 @@ impl Storage for SqliteStorage {
             .await
     }
 
-    async fn event_head(&self) -> Result<EventCursor, StorageError> {
-        self.reads.run(reads::event_head).await
+    async fn event_head(&self) -> Result<EventHead, StorageError> {
+        let after = self.reads.run(reads::event_head).await?;
+        // Cursors are drawn in commit order: nothing committed lies after.
+        Ok(EventHead {
+            after,
+            committed: Vec::new(),
+        })
     }
 
     async fn read_events(&self, query: &EventQuery) -> Result<EventPage, StorageError> {

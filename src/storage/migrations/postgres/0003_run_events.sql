@@ -20,11 +20,35 @@ CREATE TABLE run_events (
     PRIMARY KEY (tx, id)
 );
 
-CREATE INDEX run_events_recorded_at ON run_events (recorded_at);
-
 CREATE TABLE run_events_pruned (
     id    INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
     tx    BIGINT NOT NULL,
     up_to BIGINT NOT NULL
 );
 INSERT INTO run_events_pruned (id, tx, up_to) VALUES (1, 0, 0);
+
+-- DeleteRun, in one round trip: locks the task's row first (the order every
+-- writer of the task follows), removes both records, keeps the counters and
+-- appends the DELETED event when either record existed. Returns whether
+-- one did.
+CREATE FUNCTION runstore_delete_run(p_task_id TEXT, p_run_id TEXT)
+RETURNS BOOLEAN LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_entry TEXT;
+    v_manifest TEXT;
+BEGIN
+    PERFORM 1 FROM tasks WHERE task_id = p_task_id FOR UPDATE;
+    DELETE FROM snapshot_entries WHERE task_id = p_task_id AND run_id = p_run_id
+    RETURNING timestamp INTO v_entry;
+    DELETE FROM manifests WHERE task_id = p_task_id AND run_id = p_run_id
+    RETURNING timestamp INTO v_manifest;
+    IF v_entry IS NOT NULL THEN
+        PERFORM runstore_forget_run(p_task_id);
+    END IF;
+    IF v_entry IS NULL AND v_manifest IS NULL THEN
+        RETURN FALSE;
+    END IF;
+    INSERT INTO run_events (kind, task_id, run_id, timestamp)
+    VALUES ('DELETED', p_task_id, p_run_id, COALESCE(v_manifest, v_entry));
+    RETURN TRUE;
+END $$;

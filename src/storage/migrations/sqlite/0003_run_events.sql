@@ -17,8 +17,8 @@ CREATE TABLE run_events (
     recorded_at TEXT NOT NULL  -- RFC 3339, UTC, microseconds
 );
 
--- Pruning by age (--event-retention).
-CREATE INDEX run_events_recorded_at ON run_events (recorded_at);
+-- Pruning (--event-retention) walks the oldest events in cursor order and
+-- stops at the first young one, so it needs no index of its own.
 
 -- Where pruning has reached: a cursor at or before it may have missed
 -- pruned events (OUT_OF_RANGE). One row.
