@@ -1,6 +1,6 @@
 // Package interop shows how a Go orchestrator records a finished run in
-// runstore and reads a task's history back, and tests that against the real
-// server binary.
+// runstore, reads a task's history back and follows the change feed, and
+// tests that against the real server binary.
 package interop
 
 import (
@@ -10,6 +10,8 @@ import (
 	"iter"
 	"math/rand/v2"
 	"time"
+
+	"google.golang.org/grpc/status"
 
 	pb "runstore.dev/interop/gen/persistencev1"
 )
@@ -174,4 +176,112 @@ func Runs(ctx context.Context, client pb.PersistenceServiceClient,
 			}
 		}
 	}
+}
+
+// WatchStartTimeout bounds Watch's wait for the server to take the call.
+const WatchStartTimeout = 10 * time.Second
+
+// ErrNoEvent is Watcher.Next's error when no event came within its timeout;
+// the stream goes on.
+var ErrNoEvent = errors.New("runstore: no WatchRuns event within the timeout")
+
+// Watcher is an open WatchRuns stream whose every read has a bound: a
+// goroutine receives the events and Next waits for one at most its timeout.
+type Watcher struct {
+	cancel context.CancelFunc
+	events chan *pb.RunEvent
+	done   chan struct{} // closed once the stream has ended
+	err    error         // the stream's end, set before done closes
+}
+
+// Watch opens the change feed of tasks whose id starts with taskPrefix
+// (literal bytes; "" for all) and returns once the server has taken the call
+// (its response headers), so a watch from now (after "") sees every change
+// committed after Watch returns. With after, an event's cursor, it resumes
+// exactly after that event. ctx bounds the whole stream (a long-lived
+// watcher gives it no deadline); Close ends it. Keep the cursor of each
+// event once it is handled, and resume from it after a failure.
+func Watch(ctx context.Context, client pb.PersistenceServiceClient, taskPrefix, after string) (*Watcher, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := client.WatchRuns(ctx, &pb.WatchRunsRequest{TaskPrefix: taskPrefix, After: after})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	started := make(chan error, 1)
+	go func() {
+		_, err := stream.Header() // a call that failed at once leaves its status to Recv
+		started <- err
+	}()
+	timer := time.NewTimer(WatchStartTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-started:
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+	case <-timer.C:
+		cancel()
+		return nil, fmt.Errorf("runstore: WatchRuns not started within %v", WatchStartTimeout)
+	}
+	w := &Watcher{cancel: cancel, events: make(chan *pb.RunEvent), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				w.err = err
+				return
+			}
+			select {
+			case w.events <- resp.GetEvent():
+			case <-ctx.Done():
+				w.err = status.FromContextError(ctx.Err()).Err()
+				return
+			}
+		}
+	}()
+	return w, nil
+}
+
+// Next returns the next event, waiting at most timeout: ErrNoEvent when none
+// came (the stream goes on), the stream's gRPC error once it has ended
+// (status.Code: InvalidArgument for a malformed cursor, OutOfRange when
+// events after it were pruned, Aborted for a watcher that fell behind and
+// Unavailable at server shutdown, both with the cursor to resume after in
+// the message; Canceled after Close).
+func (w *Watcher) Next(timeout time.Duration) (*pb.RunEvent, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case event := <-w.events:
+		return event, nil
+	case <-w.done:
+		return nil, w.err
+	case <-timer.C:
+		return nil, ErrNoEvent
+	}
+}
+
+// Take returns the next n events, all within timeout.
+func (w *Watcher) Take(n int, timeout time.Duration) ([]*pb.RunEvent, error) {
+	deadline := time.Now().Add(timeout)
+	events := make([]*pb.RunEvent, 0, n)
+	for len(events) < n {
+		event, err := w.Next(time.Until(deadline))
+		if err != nil {
+			return events, err
+		}
+		events = append(events, event)
+	}
+	return events, nil
+}
+
+// Close cancels the stream, waits for its goroutine and returns how the
+// stream ended: a Canceled status for a watch closed here.
+func (w *Watcher) Close() error {
+	w.cancel()
+	<-w.done
+	return w.err
 }

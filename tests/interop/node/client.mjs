@@ -4,6 +4,8 @@
 //   const client = new RunstoreClient("127.0.0.1:50051");
 //   await client.completeRunWithRetry({ taskId, runId, timestamp, summaryJson });
 //   for await (const run of client.runs({ taskId })) console.log(run.runId);
+//   const watch = await client.watchRuns({ taskPrefix: "nightly-" });
+//   const event = await watch.next(60_000); // { cursor, kind, taskId, runId, timestamp, recordedAt }
 //
 // Run directly to record one summary file (taskId, runId and timestamp are
 // taken from the file):  node client.mjs 127.0.0.1:50051 run-summary.json
@@ -50,6 +52,101 @@ export class RunNotPersistedError extends Error {
     this.error = e;
     this.retryable = e.retryable; // retrying the same CompleteRun may succeed
     this.attempts = 1; // calls made
+  }
+}
+
+/** RunWatch.next found no event within its timeout; the stream goes on. */
+export class WatchTimeoutError extends Error {
+  constructor(timeoutMs) {
+    super(`no WatchRuns event within ${timeoutMs} ms`);
+    this.name = "WatchTimeoutError";
+  }
+}
+
+/**
+ * An open WatchRuns stream whose every read has a bound: events are queued
+ * as they arrive and `next` waits for one at most its timeout. Open it with
+ * RunstoreClient.watchRuns; end it with `close`, which cancels the call.
+ */
+export class RunWatch {
+  #call;
+  #events = []; // received, not yet read
+  #ended = null; // the stream's end: the grpc-js error (code, details)
+  #wake = () => {};
+
+  constructor(call) {
+    this.#call = call;
+    // The response headers: the server has taken the call.
+    this.started = new Promise((resolve) => {
+      call.once("metadata", resolve);
+      call.once("status", resolve);
+    });
+    call.on("data", (response) => {
+      this.#events.push(response.event);
+      this.#wake();
+    });
+    call.on("error", (err) => {
+      this.#ended ??= err;
+      this.#wake();
+    });
+    call.on("status", (status) => {
+      this.#ended ??= Object.assign(new Error(`WatchRuns ended: ${status.details}`), status);
+      this.#wake();
+    });
+  }
+
+  /** Waits until something happens on the stream, or `ms` pass. */
+  #wait(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.#wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /**
+   * The next event, waiting at most `timeoutMs`: throws WatchTimeoutError
+   * when none came (the stream goes on), and the grpc-js error once the
+   * stream has ended: INVALID_ARGUMENT (3) for a malformed cursor,
+   * OUT_OF_RANGE (11) when events after it were pruned, ABORTED (10) for a
+   * watcher that fell behind and UNAVAILABLE (14) at server shutdown, both
+   * with the cursor to resume after in `details`; CANCELLED (1) after close.
+   */
+  async next(timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    while (this.#events.length === 0) {
+      if (this.#ended) throw this.#ended;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new WatchTimeoutError(timeoutMs);
+      await this.#wait(left);
+    }
+    return this.#events.shift();
+  }
+
+  /** The next `count` events, all within `timeoutMs`. */
+  async take(count, timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    const events = [];
+    while (events.length < count) events.push(await this.next(deadline - Date.now()));
+    return events;
+  }
+
+  /**
+   * Cancels the call (if it is still running) and waits, at most
+   * `timeoutMs`, for it to end; resolves with its final code (CANCELLED, 1,
+   * for a watch ended here).
+   */
+  async close(timeoutMs = 10_000) {
+    this.#call.cancel();
+    const deadline = Date.now() + timeoutMs;
+    while (!this.#ended) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`WatchRuns did not end within ${timeoutMs} ms of cancel`);
+      await this.#wait(left);
+    }
+    return this.#ended.code;
   }
 }
 
@@ -136,6 +233,40 @@ export class RunstoreClient {
       yield* page.runs;
       pageToken = page.nextPageToken;
     } while (pageToken);
+  }
+
+  /**
+   * Removes a run (its snapshot entry and manifest, in one transaction).
+   * Resolves with CompleteRun's shape plus `found`, whether there was
+   * anything to remove; deleting what does not exist succeeds.
+   */
+  deleteRun({ taskId, runId }) {
+    return this.#call(this.service, "deleteRun", { taskId, runId });
+  }
+
+  /**
+   * Opens the change feed of tasks whose id starts with `taskPrefix`
+   * (literal bytes; "" for all) and resolves once the server has taken the
+   * call (its response headers), so a watch from now (no `after`) sees
+   * every change committed after this resolves. With `after`, an event's
+   * cursor, it resumes exactly after that event. `deadline` (ms since the
+   * epoch) bounds the whole stream: none by default, as a long-lived
+   * watcher wants. Keep each event's cursor once it is handled, and resume
+   * from it after a failure.
+   */
+  async watchRuns({ taskPrefix = "", after = "" } = {}, { deadline = Infinity, startTimeoutMs = 10_000 } = {}) {
+    const watch = new RunWatch(this.service.watchRuns({ taskPrefix, after }, { deadline }));
+    let timer;
+    const timedOut = new Promise((resolve) => {
+      timer = setTimeout(() => resolve(true), startTimeoutMs);
+    });
+    const late = await Promise.race([watch.started.then(() => false), timedOut]);
+    clearTimeout(timer);
+    if (late) {
+      await watch.close();
+      throw new Error(`WatchRuns not started within ${startTimeoutMs} ms`);
+    }
+    return watch;
   }
 
   /** grpc.health.v1 Check: resolves with "SERVING", "NOT_SERVING", ... */

@@ -3,14 +3,14 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { constants, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { PERSISTENCE_SERVICE, RunNotPersistedError, RunstoreClient } from "./client.mjs";
+import { PERSISTENCE_SERVICE, RunNotPersistedError, RunstoreClient, WatchTimeoutError } from "./client.mjs";
 
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 const REPO = fileURLToPath(new URL("../../..", import.meta.url));
@@ -413,4 +413,67 @@ test("client.mjs as a command alerts when the run is not persisted", async () =>
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+// --- WatchRuns: the change feed ----------------------------------------------
+
+const WATCH_WAIT_MS = 30_000; // for the events a test expects
+const QUIET_WAIT_MS = 500; // in which no further event may arrive
+const STREAM_BUDGET_MS = 60_000; // the deadline of each WatchRuns stream
+
+const described = (events) => events.map((e) => [e.kind, e.taskId, e.runId, e.timestamp]);
+
+test("WatchRuns: follows changes in commit order, then resumes exactly after a cursor", async () => {
+  const prefix = `node-watch-${randomUUID().slice(0, 12)}-`;
+  const task = `${prefix}task`;
+  const other = `${prefix.slice(0, -1)}_other`; // all of the prefix but its last byte: outside it
+  const stamps = { r1: "2026-01-05T19:26:37.274Z", r2: "2026-01-05T19:30:00+01:00" };
+
+  // From now: watchRuns resolves once the server has taken the call.
+  const watch = await client.watchRuns({ taskPrefix: prefix }, { deadline: Date.now() + STREAM_BUDGET_MS });
+  let events, closed;
+  try {
+    const runs = [[task, "r1", stamps.r1], [task, "r2", stamps.r2], [other, "r1", stamps.r1]];
+    for (const [taskId, runId, timestamp] of runs) {
+      await client.completeRun({ taskId, runId, timestamp, summaryJson: JSON.stringify({ taskId, runId }) });
+    }
+    const deleted = await client.deleteRun({ taskId: task, runId: "r1" });
+    assert.equal(deleted.outcome, "OUTCOME_ALL_WRITTEN");
+    assert.equal(deleted.found, true);
+
+    events = await watch.take(3, WATCH_WAIT_MS);
+    // Exactly three: nothing of the other task.
+    await assert.rejects(watch.next(QUIET_WAIT_MS), WatchTimeoutError);
+  } finally {
+    closed = await watch.close();
+  }
+  assert.equal(closed, 1); // grpc.status.CANCELLED
+
+  assert.deepEqual(described(events), [
+    ["RUN_EVENT_KIND_COMPLETED", task, "r1", stamps.r1],
+    ["RUN_EVENT_KIND_COMPLETED", task, "r2", stamps.r2],
+    ["RUN_EVENT_KIND_DELETED", task, "r1", stamps.r1],
+  ]);
+  for (const e of events) {
+    assert.ok(e.cursor, "cursor");
+    assert.match(e.recordedAt, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/);
+    assert.ok(!Number.isNaN(Date.parse(e.recordedAt)), `recordedAt ${e.recordedAt}`);
+  }
+  assert.equal(new Set(events.map((e) => e.cursor)).size, 3, "distinct cursors");
+
+  // Resumed exactly after the first event: the second and the third.
+  const resumed = await client.watchRuns(
+    { taskPrefix: prefix, after: events[0].cursor },
+    { deadline: Date.now() + STREAM_BUDGET_MS },
+  );
+  let again;
+  try {
+    again = await resumed.take(2, WATCH_WAIT_MS);
+    await assert.rejects(resumed.next(QUIET_WAIT_MS), WatchTimeoutError);
+  } finally {
+    closed = await resumed.close();
+  }
+  assert.equal(closed, 1); // grpc.status.CANCELLED
+  assert.deepEqual(described(again), described(events.slice(1)));
+  assert.deepEqual(again.map((e) => e.cursor), events.slice(1).map((e) => e.cursor));
 });

@@ -1,13 +1,15 @@
-"""Example: how a Python orchestrator records a completed run in runstore
-and reads a task's history back.
+"""Example: how a Python orchestrator records a completed run in runstore,
+reads a task's history back and follows the change feed.
 
 Needs the generated stubs on sys.path (see README.md), e.g.
 
     PYTHONPATH=gen python client.py 127.0.0.1:50051 run-summary.json 2026-01-05T19:26:37.274Z
 """
 import json
+import queue
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -108,6 +110,93 @@ def iter_runs(stub: pb_grpc.PersistenceServiceStub, task_id: str, *, page_size: 
         page_token = page.next_page_token
         if not page_token:
             return
+
+
+class RunWatch:
+    """A WatchRuns stream whose every read has a bound.
+
+    grpcio's stream iterator blocks until the next message or the end of the
+    call, with no bound but the call's deadline, so a thread reads the stream
+    into a queue and `next` waits at most its `timeout`. Open it with
+    `watch_runs`; leave it with `close` (or a `with` block), which cancels
+    the call.
+    """
+
+    def __init__(self, stub: pb_grpc.PersistenceServiceStub, task_prefix: str = "",
+                 after: str = "", *, timeout: float | None = None):
+        self.call = stub.WatchRuns(pb.WatchRunsRequest(task_prefix=task_prefix, after=after),
+                                   timeout=timeout)
+        self.started = threading.Event()
+        self._items: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            # The response headers: the server has taken the call, so a watch
+            # from now will see every change committed after this.
+            self.call.initial_metadata()
+            self.started.set()
+            for response in self.call:
+                self._items.put(response.event)
+        except grpc.RpcError as e:
+            self._items.put(e)  # the stream's end: its status
+        finally:
+            self.started.set()
+
+    def next(self, timeout: float) -> pb.RunEvent:
+        """The next event, waiting at most `timeout` seconds (TimeoutError
+        after that). Raises the call's grpc.RpcError once the stream has
+        ended: e.g. INVALID_ARGUMENT for a malformed `after`, OUT_OF_RANGE
+        when events after it were pruned, ABORTED for a watcher that fell
+        behind and UNAVAILABLE at server shutdown (both with the cursor to
+        resume after in the message)."""
+        try:
+            item = self._items.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            raise TimeoutError(f"no WatchRuns event within {timeout} s") from None
+        if isinstance(item, grpc.RpcError):
+            self._items.put(item)  # the end stays the end for later reads
+            raise item
+        return item
+
+    def take(self, count: int, timeout: float) -> list[pb.RunEvent]:
+        """The next `count` events, all within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        return [self.next(deadline - time.monotonic()) for _ in range(count)]
+
+    def close(self, timeout: float = 10.0) -> grpc.StatusCode:
+        """Cancels the call (if it is still running) and waits, at most
+        `timeout` seconds, for the reader to finish; returns the call's final
+        code (CANCELLED for a watch ended here)."""
+        self.call.cancel()
+        self._reader.join(timeout)
+        if self._reader.is_alive():
+            raise TimeoutError(f"WatchRuns reader still running {timeout} s after cancel")
+        return self.call.code()
+
+    def __enter__(self) -> "RunWatch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def watch_runs(stub: pb_grpc.PersistenceServiceStub, task_prefix: str = "", after: str = "", *,
+               timeout: float | None = None, start_timeout: float = 10.0) -> RunWatch:
+    """Opens the change feed of tasks whose id starts with `task_prefix`
+    (literal bytes; empty for all) and returns once the server has taken the
+    call, so a watch from now (no `after`) sees every change committed after
+    this returns. With `after`, an event's cursor, it resumes exactly after
+    that event. `timeout` (seconds) is the deadline of the whole stream; None
+    for none, as a long-lived watcher wants. Store each event's cursor once
+    it is handled, and resume from it after a failure.
+    """
+    watch = RunWatch(stub, task_prefix, after, timeout=timeout)
+    if not watch.started.wait(start_timeout):
+        watch.close()
+        raise TimeoutError(f"WatchRuns not started within {start_timeout} s")
+    return watch
 
 
 def main(argv: list[str]) -> int:

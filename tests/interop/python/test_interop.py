@@ -11,14 +11,17 @@ import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import RunNotPersisted, complete_run, complete_run_with_retry, iter_runs
+from client import (RunNotPersisted, complete_run, complete_run_with_retry, iter_runs,
+                    watch_runs)
 from orchestrator.persistence.v1 import persistence_pb2 as pb
 from orchestrator.persistence.v1 import persistence_pb2_grpc as pb_grpc
 
@@ -382,3 +385,63 @@ def test_cli_alerts_when_the_run_is_not_persisted(server, data_dir, summary):
     assert f"run {task_id}/{run_id} not persisted after 1 attempt(s)" in err
     assert "FAILED_PRECONDITION" in err
     assert f"location=manifests/{task_id}/{run_id}" in err
+
+
+# --- WatchRuns: the change feed ---------------------------------------------
+
+WATCH_WAIT = 30.0  # seconds for the events a test expects
+QUIET_WAIT = 0.5  # seconds in which no further event may arrive
+
+
+def event_tuple(event):
+    return (pb.RunEventKind.Name(event.kind), event.task_id, event.run_id, event.timestamp)
+
+
+def test_watch_runs_follows_changes_in_commit_order_and_resumes_after_a_cursor(stub):
+    prefix = f"py-watch-{uuid.uuid4().hex[:12]}-"
+    task = prefix + "task"
+    other = prefix[:-1] + "_other"  # all of the prefix but its last byte: outside it
+    stamps = {"r1": "2026-01-05T19:26:37.274Z", "r2": "2026-01-05T19:30:00+01:00"}
+
+    # From now: watch_runs returns once the server has taken the call.
+    with watch_runs(stub, task_prefix=prefix, timeout=60) as watch:
+        for task_id, run_id, stamp in ((task, "r1", stamps["r1"]), (task, "r2", stamps["r2"]),
+                                       (other, "r1", stamps["r1"])):
+            complete_run(stub, task_id, run_id, stamp,
+                         json.dumps({"taskId": task_id, "runId": run_id}))
+        deleted = stub.DeleteRun(pb.DeleteRunRequest(task_id=task, run_id="r1"), timeout=10)
+        assert deleted.outcome == pb.OUTCOME_ALL_WRITTEN
+        assert deleted.found
+
+        events = watch.take(3, timeout=WATCH_WAIT)
+        with pytest.raises(TimeoutError):
+            watch.next(timeout=QUIET_WAIT)  # exactly three: nothing of the other task
+        assert watch.close() == grpc.StatusCode.CANCELLED
+
+    assert [event_tuple(e) for e in events] == [
+        ("RUN_EVENT_KIND_COMPLETED", task, "r1", stamps["r1"]),
+        ("RUN_EVENT_KIND_COMPLETED", task, "r2", stamps["r2"]),
+        ("RUN_EVENT_KIND_DELETED", task, "r1", stamps["r1"]),
+    ]
+    for event in events:
+        assert event.cursor
+        recorded_at = datetime.fromisoformat(event.recorded_at)
+        assert recorded_at.utcoffset() is not None, event.recorded_at
+    assert len({e.cursor for e in events}) == 3
+
+    # Resumed exactly after the first event: the second and the third.
+    with watch_runs(stub, task_prefix=prefix, after=events[0].cursor, timeout=60) as resumed:
+        again = resumed.take(2, timeout=WATCH_WAIT)
+        with pytest.raises(TimeoutError):
+            resumed.next(timeout=QUIET_WAIT)
+        assert resumed.close() == grpc.StatusCode.CANCELLED
+    assert [event_tuple(e) for e in again] == [event_tuple(e) for e in events[1:]]
+    assert [e.cursor for e in again] == [e.cursor for e in events[1:]]
+
+
+def test_watch_runs_with_a_malformed_cursor_is_invalid_argument(stub):
+    with watch_runs(stub, after="not-a-cursor", timeout=10) as watch:
+        with pytest.raises(grpc.RpcError) as err:
+            watch.next(timeout=WATCH_WAIT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "after" in err.value.details()

@@ -1,9 +1,12 @@
 package dev.runstore.interop;
 
+import io.grpc.CallOptions;
 import io.grpc.Channel;
+import io.grpc.ClientCall;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import java.io.IOException;
@@ -14,8 +17,13 @@ import java.time.Instant;
 import java.time.format.DateTimeFormatter;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Optional;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import java.util.function.Consumer;
 import orchestrator.persistence.v1.CompleteRunRequest;
 import orchestrator.persistence.v1.CompleteRunResponse;
@@ -24,15 +32,19 @@ import orchestrator.persistence.v1.GetTaskSnapshotResponse;
 import orchestrator.persistence.v1.Outcome;
 import orchestrator.persistence.v1.PersistenceServiceGrpc;
 import orchestrator.persistence.v1.RunEntry;
+import orchestrator.persistence.v1.RunEvent;
+import orchestrator.persistence.v1.WatchRunsRequest;
+import orchestrator.persistence.v1.WatchRunsResponse;
 import orchestrator.persistence.v1.WriteStatus;
 
 /**
- * How a Java orchestrator records a finished run in runstore, acts on a failed write, and reads a
- * task's history. One file on purpose: copy it next to stubs generated from {@code
- * persistence.proto} (see README.md).
+ * How a Java orchestrator records a finished run in runstore, acts on a failed write, reads a
+ * task's history and follows the change feed. One file on purpose: copy it next to stubs
+ * generated from {@code persistence.proto} (see README.md).
  *
  * <p>Every call carries a deadline, so no method here blocks for longer than {@code deadline} per
- * RPC (plus the backoff sleeps of {@link #completeRunWithRetry}).
+ * RPC (plus the backoff sleeps of {@link #completeRunWithRetry}); every read of a {@link RunWatch}
+ * has its own bound.
  */
 public final class RunstoreClient {
   private final PersistenceServiceGrpc.PersistenceServiceBlockingStub stub;
@@ -281,6 +293,156 @@ public final class RunstoreClient {
     List<RunEntry> runs = new ArrayList<>();
     forEachRun(taskId, pageSize, runs::add);
     return runs;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // (4) Following the change feed.
+
+  /** How long {@link #watchRuns} waits for the server to take the call. */
+  public static final Duration WATCH_START_TIMEOUT = Duration.ofSeconds(10);
+
+  /**
+   * Opens the change feed of tasks whose id starts with {@code taskPrefix} (literal bytes; "" for
+   * all) and returns once the server has taken the call (its response headers), so a watch from
+   * now ({@code after} empty) sees every change committed after this returns. With {@code after},
+   * an event's cursor, it resumes exactly after that event. Keep each event's cursor once it is
+   * handled, and resume from it after a failure.
+   *
+   * @param streamDeadline bounds the whole stream; null for none, as a long-lived watcher wants
+   * @throws StatusRuntimeException DEADLINE_EXCEEDED when the server did not take the call within
+   *     {@link #WATCH_START_TIMEOUT}
+   */
+  public RunWatch watchRuns(String taskPrefix, String after, Duration streamDeadline)
+      throws InterruptedException {
+    CallOptions options = CallOptions.DEFAULT;
+    if (streamDeadline != null) {
+      options = options.withDeadlineAfter(streamDeadline.toNanos(), TimeUnit.NANOSECONDS);
+    }
+    ClientCall<WatchRunsRequest, WatchRunsResponse> call =
+        stub.getChannel().newCall(PersistenceServiceGrpc.getWatchRunsMethod(), options);
+    RunWatch watch = new RunWatch(call);
+    call.start(watch.listener(), new Metadata());
+    call.sendMessage(
+        WatchRunsRequest.newBuilder().setTaskPrefix(taskPrefix).setAfter(after).build());
+    call.halfClose();
+    call.request(1); // one event at a time: the next is asked for as this one is read
+    if (!watch.started.await(WATCH_START_TIMEOUT.toMillis(), TimeUnit.MILLISECONDS)) {
+      watch.close();
+      throw Status.DEADLINE_EXCEEDED
+          .withDescription("WatchRuns not started within " + WATCH_START_TIMEOUT)
+          .asRuntimeException();
+    }
+    return watch;
+  }
+
+  /**
+   * An open WatchRuns stream whose every read has a bound: events are queued as they arrive (one
+   * at a time, asked for as they are read, so a slow reader is flow-controlled) and {@link #next}
+   * waits for one at most its timeout. End it with {@link #cancel} or {@link #close}.
+   */
+  public static final class RunWatch implements AutoCloseable {
+    /** A received event, or the stream's end (its status and trailers). */
+    private record Item(RunEvent event, Status end, Metadata trailers) {}
+
+    private final ClientCall<WatchRunsRequest, WatchRunsResponse> call;
+    private final BlockingQueue<Item> items = new LinkedBlockingQueue<>();
+    private final CountDownLatch started = new CountDownLatch(1);
+    private final CountDownLatch ended = new CountDownLatch(1);
+    private volatile Status end;
+
+    private RunWatch(ClientCall<WatchRunsRequest, WatchRunsResponse> call) {
+      this.call = call;
+    }
+
+    private ClientCall.Listener<WatchRunsResponse> listener() {
+      return new ClientCall.Listener<>() {
+        @Override
+        public void onHeaders(Metadata headers) {
+          started.countDown(); // the server has taken the call
+        }
+
+        @Override
+        public void onMessage(WatchRunsResponse response) {
+          items.add(new Item(response.getEvent(), null, null));
+        }
+
+        @Override
+        public void onClose(Status status, Metadata trailers) {
+          end = status;
+          items.add(new Item(null, status, trailers));
+          started.countDown();
+          ended.countDown();
+        }
+      };
+    }
+
+    /**
+     * The next event, waiting at most {@code timeout}; empty when none came (the stream goes on).
+     *
+     * @throws StatusRuntimeException once the stream has ended: INVALID_ARGUMENT for a malformed
+     *     cursor, OUT_OF_RANGE when events after it were pruned, ABORTED for a watcher that fell
+     *     behind and UNAVAILABLE at server shutdown (both with the cursor to resume after in the
+     *     description), CANCELLED after {@link #cancel}
+     */
+    public Optional<RunEvent> next(Duration timeout) throws InterruptedException {
+      Item item = items.poll(Math.max(0, timeout.toNanos()), TimeUnit.NANOSECONDS);
+      if (item == null) {
+        return Optional.empty();
+      }
+      if (item.end() != null) {
+        items.add(item); // the end stays the end for later reads
+        throw item.end().asRuntimeException(item.trailers());
+      }
+      synchronized (call) {
+        call.request(1);
+      }
+      return Optional.of(item.event());
+    }
+
+    /**
+     * The next {@code count} events, all within {@code timeout}.
+     *
+     * @throws TimeoutException when fewer came in time
+     * @throws StatusRuntimeException when the stream ended first (see {@link #next})
+     */
+    public List<RunEvent> take(int count, Duration timeout)
+        throws InterruptedException, TimeoutException {
+      long deadline = System.nanoTime() + timeout.toNanos();
+      List<RunEvent> events = new ArrayList<>();
+      while (events.size() < count) {
+        Optional<RunEvent> event = next(Duration.ofNanos(deadline - System.nanoTime()));
+        if (event.isEmpty()) {
+          throw new TimeoutException(
+              "WatchRuns: " + events.size() + " of " + count + " events within " + timeout);
+        }
+        events.add(event.get());
+      }
+      return events;
+    }
+
+    /**
+     * Cancels the call (if it is still running) and waits, at most {@code wait}, for it to end.
+     *
+     * @return how the stream ended: CANCELLED for a watch cancelled here
+     * @throws TimeoutException when it did not end in time
+     */
+    public Status cancel(Duration wait) throws InterruptedException, TimeoutException {
+      synchronized (call) {
+        call.cancel("cancelled by the watcher", null);
+      }
+      if (!ended.await(wait.toMillis(), TimeUnit.MILLISECONDS)) {
+        throw new TimeoutException("WatchRuns did not end within " + wait + " of cancel");
+      }
+      return end;
+    }
+
+    /** Cancels the call without waiting for it to end. */
+    @Override
+    public void close() {
+      synchronized (call) {
+        call.cancel("closed by the watcher", null);
+      }
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
