@@ -1,9 +1,9 @@
 //! Wakes the watchers of every replica. After a commit that appended
 //! events, this replica wakes its own watchers at once and sends
 //! `NOTIFY runstore_events`; every replica LISTENs on a connection of its
-//! own. The NOTIFY is sent on its own, after the commit, coalesced (one in
-//! flight, at most one pending): a NOTIFY inside the write transactions
-//! would make their commits queue on PostgreSQL's notification lock.
+//! own. The NOTIFY is sent on its own, after the commit, coalesced (at most
+//! one per [`NOTIFY_EVERY`]): a NOTIFY inside the write transactions would
+//! make their commits queue on PostgreSQL's notification lock.
 //! Correctness never rests on it: watchers also poll slowly.
 
 use std::{future::poll_fn, sync::Arc, time::Duration};
@@ -23,6 +23,11 @@ const LISTEN: &str = "LISTEN runstore_events";
 const NOTIFY: &str = "NOTIFY runstore_events";
 /// Wait before listening again after the connection failed.
 const RELISTEN_DELAY: Duration = Duration::from_secs(1);
+/// At most one NOTIFY per this long: under load every write would otherwise
+/// be followed by one, each a transaction of its own that every replica's
+/// listener must receive. Other replicas' watchers learn of new events at
+/// most this much later.
+const NOTIFY_EVERY: Duration = Duration::from_millis(10);
 
 /// Dropping it stops both tasks.
 pub struct EventNotifier {
@@ -84,6 +89,8 @@ async fn send_notifies(connections: Arc<Connections>, poke: Arc<Notify>) {
             }
             Err(err) => tracing::debug!(error = %err, "no connection for NOTIFY"),
         }
+        // Pokes meanwhile leave one permit: one NOTIFY covers them all.
+        tokio::time::sleep(NOTIFY_EVERY).await;
     }
 }
 
