@@ -31,12 +31,9 @@ fn invalid(field: &'static str, rule: impl Into<String>) -> ApiError {
     }
 }
 
-/// Checks a task or run id: safe as one path component on any platform, so a
-/// read or write can never reach outside its own directory.
-pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
-    if value.is_empty() {
-        return Err(invalid(field, "must not be empty"));
-    }
+/// The rules ids and id prefixes share: at most [`MAX_ID_BYTES`], no
+/// control characters.
+fn length_and_characters(field: &'static str, value: &str) -> Result<(), ApiError> {
     if value.len() > MAX_ID_BYTES {
         return Err(invalid(
             field,
@@ -52,6 +49,16 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// Checks a task or run id: safe as one path component on any platform, so a
+/// read or write can never reach outside its own directory.
+pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    length_and_characters(field, value)?;
     if let Some(c) = value.chars().find(|c| FORBIDDEN_ID_CHARS.contains(c)) {
         return Err(invalid(
             field,
@@ -89,22 +96,7 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
 /// Checks a ListTasks prefix: empty, or the start of some valid id (at most
 /// [`MAX_ID_BYTES`], no control characters). It is matched literally.
 pub fn id_prefix(field: &'static str, value: &str) -> Result<(), ApiError> {
-    if value.len() > MAX_ID_BYTES {
-        return Err(invalid(
-            field,
-            format!("must be at most {MAX_ID_BYTES} bytes, got {}", value.len()),
-        ));
-    }
-    if let Some(c) = value.chars().find(|c| c.is_ascii_control()) {
-        return Err(invalid(
-            field,
-            format!(
-                "must not contain control characters, found U+{:04X}",
-                c as u32
-            ),
-        ));
-    }
-    Ok(())
+    length_and_characters(field, value)
 }
 
 /// Checks an optional sha256: empty, or 64 lowercase hex digits as

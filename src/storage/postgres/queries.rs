@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use deadpool_postgres::Object;
+use deadpool_postgres::{Object, Transaction};
 use futures_util::TryStreamExt;
 use tokio_postgres::IsolationLevel;
 
@@ -19,6 +19,16 @@ use crate::storage::{
 
 fn sql(err: tokio_postgres::Error) -> StorageError {
     classify(&err)
+}
+
+/// A read-only transaction whose statements all see one snapshot.
+async fn one_snapshot(conn: &mut Object) -> Result<Transaction<'_>, StorageError> {
+    conn.build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(sql)
 }
 
 /// Draws the task's next sequence number, upserts the entry with it and
@@ -69,13 +79,7 @@ pub async fn delete_run(conn: &Object, task_id: &str, run_id: &str) -> Result<bo
 /// began; past the bound a watcher may see a few of them).
 pub async fn event_head(conn: &mut Object) -> Result<EventHead, StorageError> {
     const MOST_COMMITTED: i64 = 10_000;
-    let tx = conn
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(sql)?;
+    let tx = one_snapshot(conn).await?;
     let xmin: i64 = tx
         .query_one(
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
@@ -109,13 +113,7 @@ pub async fn event_head(conn: &mut Object) -> Result<EventHead, StorageError> {
 /// (see `0003_run_events.sql`: such events are final, in cursor order), and
 /// the pruning horizon, from one snapshot.
 pub async fn events(conn: &mut Object, query: &EventQuery) -> Result<EventPage, StorageError> {
-    let tx = conn
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(sql)?;
+    let tx = one_snapshot(conn).await?;
     let horizon = tx
         .query_one("SELECT tx, up_to FROM run_events_pruned", &[])
         .await
@@ -332,13 +330,7 @@ pub async fn snapshot_page(
     task_id: &str,
     query: SnapshotQuery,
 ) -> Result<SnapshotPage, StorageError> {
-    let tx = conn
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(sql)?;
+    let tx = one_snapshot(conn).await?;
     let last = tx
         .prepare_cached(
             "SELECT timestamp FROM snapshot_entries WHERE task_id = $1
