@@ -1,7 +1,7 @@
 //! Command-line flags; every one can also be set as a `RUNSTORE_*`
 //! environment variable.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU64, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -80,9 +80,17 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTORE_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
 
-    /// How often the background sweep prunes old events.
+    /// How often the background sweep expires runs and prunes old events.
     #[arg(long, env = "RUNSTORE_SWEEP_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
+
+    /// Expire runs whose timestamp is older than this (e.g. 30d); unset keeps them.
+    #[arg(long, env = "RUNSTORE_RETAIN_FOR", value_parser = humantime::parse_duration)]
+    pub retain_for: Option<Duration>,
+
+    /// Keep only the newest N runs of each task (by timestamp); unset keeps them all.
+    #[arg(long, env = "RUNSTORE_RETAIN_RUNS")]
+    pub retain_runs: Option<NonZeroU64>,
 
     /// How long WatchRuns events are kept; a cursor older than that gets OUT_OF_RANGE.
     #[arg(long, env = "RUNSTORE_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
@@ -226,6 +234,8 @@ impl ServeArgs {
             sweep: SweepSettings {
                 interval: self.sweep_interval,
                 event_retention: self.event_retention,
+                retain_for: self.retain_for,
+                retain_runs: self.retain_runs,
             },
         })
     }

@@ -6,6 +6,7 @@
 //! - [`history`]: the ordering key of a task's runs and the page types.
 //! - [`events`]: the change feed's cursor and events.
 //! - [`migrations`]: the versioned schema of both backends.
+//! - [`retention`]: the bounded steps of `--retain-for` and `--retain-runs`.
 //! - [`sqlite`]: the embedded default, group-committed SQLite.
 //! - [`postgres`]: PostgreSQL, for stateless replicas sharing one database.
 
@@ -14,6 +15,7 @@ pub mod history;
 pub mod migrations;
 mod open;
 pub mod postgres;
+pub mod retention;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ pub use history::{
     TaskPage, TaskQuery,
 };
 pub use open::{OpenError, StorageSetting, open};
+pub use retention::{ExpireRule, ExpireStep};
 
 /// One completed run, validated and ready to be written by both writes.
 /// Everything a write needs is computed before dispatch (the sha256
@@ -170,6 +173,15 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes events recorded before `before`, a bounded batch at a time;
     /// returns how many it removed.
     async fn prune_events(&self, before: std::time::SystemTime) -> Result<u64, StorageError>;
+
+    /// Runs one bounded step of retention, in one short transaction:
+    /// removes both records of each expired run and appends its EXPIRED
+    /// event.
+    async fn expire(&self, rule: &ExpireRule) -> Result<ExpireStep, StorageError>;
+
+    /// Hands free space inside the store back to the file system, a
+    /// bounded amount per call; returns the bytes handed back.
+    async fn reclaim_space(&self) -> Result<u64, StorageError>;
 
     /// Proves the backend can durably write right now, with room to spare.
     async fn check_health(&self) -> Result<(), StorageError>;

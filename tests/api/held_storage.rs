@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use runstore::{
     proto::WriteTarget,
     storage::{
-        EventHead, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
-        StorageError, StoredManifest, TaskPage, TaskQuery, WriteReceipt,
+        EventHead, EventPage, EventQuery, ExpireRule, ExpireStep, RunRecord, SnapshotPage,
+        SnapshotQuery, Storage, StorageError, StoredManifest, TaskPage, TaskQuery, WriteReceipt,
     },
 };
 use tokio::sync::{Semaphore, watch};
@@ -98,6 +98,12 @@ impl<H: Hooks> Storage for Hooked<H> {
     }
     async fn prune_events(&self, before: std::time::SystemTime) -> Result<u64, StorageError> {
         self.inner.prune_events(before).await
+    }
+    async fn expire(&self, rule: &ExpireRule) -> Result<ExpireStep, StorageError> {
+        self.inner.expire(rule).await
+    }
+    async fn reclaim_space(&self) -> Result<u64, StorageError> {
+        self.inner.reclaim_space().await
     }
     async fn check_health(&self) -> Result<(), StorageError> {
         self.hooks.before_health_check().await;

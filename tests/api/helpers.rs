@@ -256,6 +256,14 @@ pub struct RowCounts {
     pub manifests: i64,
 }
 
+/// What [`Db::runs_at_once`] reads: (task id, run id) pairs.
+#[derive(Debug, Default)]
+pub struct RunsAtOnce {
+    pub entries: Vec<(String, String)>,
+    pub manifests: Vec<(String, String)>,
+    pub expired: Vec<(String, String)>,
+}
+
 /// A stored row of `snapshot_entries` or `manifests`, as raw as the backend
 /// keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,6 +433,53 @@ impl Db {
             .expect("query")
             .collect::<Result<_, _>>()
             .unwrap_or_else(|err| panic!("reading {}: {err}", table.name()))
+    }
+
+    /// The runs of every snapshot entry, every manifest and every EXPIRED
+    /// event, read in one statement, so from one snapshot: a transaction
+    /// that commits meanwhile (a killed server's last one, which PostgreSQL
+    /// may still finish) is in all three or in none.
+    pub fn runs_at_once(&self) -> RunsAtOnce {
+        const SQL: &str =
+            "SELECT 'entry', task_id, run_id FROM snapshot_entries WHERE task_id <> ''
+             UNION ALL SELECT 'manifest', task_id, run_id FROM manifests WHERE task_id <> ''
+             UNION ALL SELECT 'expired', task_id, run_id FROM run_events WHERE kind = 'EXPIRED'";
+        let rows: Vec<(String, String, String)> = match self {
+            Db::Postgres(pg) => pg.rows3(SQL),
+            Db::Sqlite(conn) => conn
+                .prepare(SQL)
+                .expect("prepare")
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows"),
+        };
+        let mut runs = RunsAtOnce::default();
+        for (what, task, run) in rows {
+            match what.as_str() {
+                "entry" => runs.entries.push((task, run)),
+                "manifest" => runs.manifests.push((task, run)),
+                _ => runs.expired.push((task, run)),
+            }
+        }
+        runs
+    }
+
+    /// (task id, run id) of every event of `kind` ("COMPLETED", "DELETED",
+    /// "EXPIRED") in `run_events`, in cursor order.
+    pub fn events(&self, kind: &str) -> Vec<(String, String)> {
+        if let Db::Postgres(pg) = self {
+            return pg.events(kind);
+        }
+        let conn = self.sqlite();
+        let mut statement = conn
+            .prepare("SELECT task_id, run_id FROM run_events WHERE kind = ?1 ORDER BY cursor")
+            .expect("prepare");
+        statement
+            .query_map([kind], |row| Ok((row.get(0)?, row.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("reading run_events")
     }
 
     /// Deletes one run's row from `table` behind the server's back (for

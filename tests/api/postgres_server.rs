@@ -598,6 +598,26 @@ impl PgDb {
         }
     }
 
+    /// Rows of three text columns.
+    pub fn rows3(&self, sql: &str) -> Vec<(String, String, String)> {
+        self.query("reading rows", sql.to_owned(), Vec::new())
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect()
+    }
+
+    /// (task id, run id) of every event of `kind`, in cursor order.
+    pub fn events(&self, kind: &str) -> Vec<(String, String)> {
+        self.query(
+            "reading run_events",
+            "SELECT task_id, run_id FROM run_events WHERE kind = $1 ORDER BY tx, id".into(),
+            vec![kind.to_owned()],
+        )
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+    }
+
     /// Rows of `table` that belong to `task_id`.
     pub fn count(&self, table: Table, task_id: &str) -> i64 {
         self.query(

@@ -310,6 +310,7 @@ async fn a_pruned_cursor_is_out_of_range(backend: Backend) {
             interval: Duration::from_millis(50),
             // Long enough to read both events before they go.
             event_retention: Duration::from_secs(1),
+            ..SweepSettings::default()
         },
         ..fast_settings()
     };

@@ -32,6 +32,11 @@ pub const SQLITE: &[Migration] = &[
         name: "run_events",
         sql: include_str!("sqlite/0003_run_events.sql"),
     },
+    Migration {
+        version: 4,
+        name: "retention",
+        sql: include_str!("sqlite/0004_retention.sql"),
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
@@ -49,6 +54,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 3,
         name: "run_events",
         sql: include_str!("postgres/0003_run_events.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "retention",
+        sql: include_str!("postgres/0004_retention.sql"),
     },
 ];
 

@@ -25,8 +25,9 @@ use pool::{Connections, PoolBuildError};
 pub use url::DatabaseUrl;
 
 use super::{
-    EventHead, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
-    StorageError, StoredManifest, Target, TaskPage, TaskQuery, WriteReceipt, location,
+    EventHead, EventPage, EventQuery, ExpireRule, ExpireStep, RunRecord, SnapshotPage,
+    SnapshotQuery, Storage, StorageError, StoredManifest, Target, TaskPage, TaskQuery,
+    WriteReceipt, location,
 };
 
 /// How the PostgreSQL backend is set up.
@@ -198,6 +199,28 @@ impl Storage for PostgresStorage {
                 return Ok(removed);
             }
         }
+    }
+
+    async fn expire(&self, rule: &ExpireRule) -> Result<ExpireStep, StorageError> {
+        let step = self
+            .with_connection(async |conn| match rule {
+                ExpireRule::Before(cutoff) => queries::expire_before(conn, *cutoff).await,
+                ExpireRule::KeepNewest { keep, from } => {
+                    queries::expire_beyond(conn, *keep, from).await
+                }
+            })
+            .await?;
+        if step.expired > 0 {
+            self.notifier.committed();
+        }
+        Ok(step)
+    }
+
+    /// Nothing to do here: PostgreSQL's autovacuum makes the space of
+    /// deleted rows reusable by later writes, and handing it back to the
+    /// file system (VACUUM FULL) locks the tables, an operator's decision.
+    async fn reclaim_space(&self) -> Result<u64, StorageError> {
+        Ok(0)
     }
 
     async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError> {

@@ -15,6 +15,7 @@ use crate::storage::{
     EventCursor, EventHead, EventKind, EventPage, EventQuery, PAGE_BYTE_BUDGET, RunCursor,
     RunEvent, RunInstant, RunRecord, SnapshotPage, SnapshotQuery, StorageError, StoredManifest,
     StoredRun, TaskInfo, TaskPage, TaskQuery,
+    retention::{EXPIRE_BATCH, ExpireRule, ExpireStep, TASK_SCAN, task_after},
 };
 
 fn sql(err: tokio_postgres::Error) -> StorageError {
@@ -206,6 +207,84 @@ pub async fn prune_events(
     Ok(u64::try_from(removed).unwrap_or_default())
 }
 
+/// One step of `--retain-for`: one call of `runstore_expire_before`, its
+/// own short transaction.
+pub async fn expire_before(conn: &Object, cutoff: RunInstant) -> Result<ExpireStep, StorageError> {
+    let statement = conn
+        .prepare_cached("SELECT candidates, expired FROM runstore_expire_before($1, $2, $3)")
+        .await
+        .map_err(sql)?;
+    let nanos = i32::try_from(cutoff.nanos).unwrap_or(i32::MAX);
+    let limit = EXPIRE_BATCH as i32;
+    let row = conn
+        .query_one(&statement, &[&cutoff.secs, &nanos, &limit])
+        .await
+        .map_err(sql)?;
+    let candidates: i32 = row.get(0);
+    let expired: i32 = row.get(1);
+    Ok(ExpireStep {
+        expired: u64::try_from(expired).unwrap_or_default(),
+        next: (candidates == limit).then_some(ExpireRule::Before(cutoff)),
+    })
+}
+
+/// One step of `--retain-runs`: reads up to [`TASK_SCAN`] task rows from
+/// `from` on, and for each over `keep` calls `runstore_expire_beyond`, a
+/// short transaction per task, until [`EXPIRE_BATCH`] runs are removed.
+pub async fn expire_beyond(
+    conn: &Object,
+    keep: u64,
+    from: &str,
+) -> Result<ExpireStep, StorageError> {
+    let scan = conn
+        .prepare_cached(
+            "SELECT task_id, run_count FROM tasks WHERE task_id >= $1 ORDER BY task_id LIMIT $2",
+        )
+        .await
+        .map_err(sql)?;
+    let expire = conn
+        .prepare_cached("SELECT runstore_expire_beyond($1, $2, $3)")
+        .await
+        .map_err(sql)?;
+    let rows = conn
+        .query(&scan, &[&from, &(TASK_SCAN as i64)])
+        .await
+        .map_err(sql)?;
+    let keep_i64 = as_i64(keep);
+    let mut budget = EXPIRE_BATCH as i32;
+    let mut expired = 0;
+    for row in &rows {
+        let (task_id, run_count): (&str, i64) = (row.get(0), row.get(1));
+        if run_count <= keep_i64 {
+            continue;
+        }
+        let removed: i32 = conn
+            .query_one(&expire, &[&task_id, &keep_i64, &budget])
+            .await
+            .map_err(sql)?
+            .get(0);
+        expired += u64::try_from(removed).unwrap_or_default();
+        budget -= removed;
+        if budget <= 0 {
+            // This task may still be over: the next step starts with it.
+            return Ok(ExpireStep {
+                expired,
+                next: Some(ExpireRule::KeepNewest {
+                    keep,
+                    from: task_id.to_owned(),
+                }),
+            });
+        }
+    }
+    Ok(ExpireStep {
+        expired,
+        next: (rows.len() == TASK_SCAN).then(|| ExpireRule::KeepNewest {
+            keep,
+            from: task_after(rows[TASK_SCAN - 1].get(0)),
+        }),
+    })
+}
+
 fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -216,12 +295,18 @@ pub async fn task_page(conn: &Object, query: &TaskQuery) -> Result<TaskPage, Sto
     let (from, skip) = query.range_start();
     let end = query.prefix_end();
     let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+    // Two statements (see the SQLite backend's): only a plain bound ends
+    // the index range.
     let statement = conn
-        .prepare_cached(
+        .prepare_cached(if end.is_some() {
             "SELECT task_id, run_count, last_run_at FROM tasks
-             WHERE task_id >= $1 AND task_id <> $2 AND ($3::text IS NULL OR task_id < $3)
-             ORDER BY task_id LIMIT $4",
-        )
+             WHERE task_id >= $1 AND task_id <> $2 AND task_id < $3::text
+             ORDER BY task_id LIMIT $4"
+        } else {
+            "SELECT task_id, run_count, last_run_at FROM tasks
+             WHERE task_id >= $1 AND task_id <> $2 AND $3::text IS NULL
+             ORDER BY task_id LIMIT $4"
+        })
         .await
         .map_err(sql)?;
     let rows = conn

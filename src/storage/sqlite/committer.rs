@@ -31,7 +31,10 @@ use super::{
     errors::{classify, needs_reopen},
     writes,
 };
-use crate::storage::{RunRecord, StorageError, Target, WriteReceipt};
+use crate::storage::{
+    RunRecord, StorageError, Target, WriteReceipt,
+    retention::{ExpireRule, ExpireStep},
+};
 
 /// Longest a batch waits for the other write of a pair it holds.
 const PARTNER_WAIT: Duration = Duration::from_millis(2);
@@ -58,6 +61,15 @@ enum Job {
         before: String,
         reply: Reply<u64>,
     },
+    /// One step of retention: the runs it removes, their EXPIRED events.
+    Expire {
+        rule: ExpireRule,
+        reply: Reply<ExpireStep>,
+    },
+    /// One step of incremental vacuum.
+    Reclaim {
+        reply: Reply<u64>,
+    },
     Probe {
         reply: Reply<()>,
     },
@@ -72,6 +84,7 @@ impl Job {
                 target: Target::Manifest,
                 ..
             } | Job::Delete { .. }
+                | Job::Expire { .. }
         )
     }
 
@@ -173,6 +186,20 @@ impl Committer {
     pub async fn prune(&self, before: String) -> Result<u64, StorageError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Prune { before, reply })?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// One retention step; `Ok(step)` once its commit is durable.
+    pub async fn expire(&self, rule: ExpireRule) -> Result<ExpireStep, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Expire { rule, reply })?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// One step of incremental vacuum; `Ok(pages)` once its commit is durable.
+    pub async fn reclaim(&self) -> Result<u64, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Reclaim { reply })?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
@@ -363,6 +390,8 @@ enum Output {
     Written(WriteReceipt),
     Deleted { found: bool },
     Pruned(u64),
+    Expired(ExpireStep),
+    Reclaimed(u64),
     Probed,
 }
 
@@ -387,6 +416,18 @@ fn answer(job: Job, result: JobResult) {
         Job::Prune { reply, .. } => {
             let _ = reply.send(result.and_then(|out| match out {
                 Output::Pruned(removed) => Ok(removed),
+                _ => Err(mismatch()),
+            }));
+        }
+        Job::Expire { reply, .. } => {
+            let _ = reply.send(result.and_then(|out| match out {
+                Output::Expired(step) => Ok(step),
+                _ => Err(mismatch()),
+            }));
+        }
+        Job::Reclaim { reply } => {
+            let _ = reply.send(result.and_then(|out| match out {
+                Output::Reclaimed(pages) => Ok(pages),
                 _ => Err(mismatch()),
             }));
         }
@@ -420,6 +461,8 @@ fn try_transaction(conn: &Connection, batch: &[&Job]) -> Result<Vec<JobResult>, 
                 task_id, run_id, ..
             } => writes::delete_run(conn, task_id, run_id).map(|found| Output::Deleted { found }),
             Job::Prune { before, .. } => writes::prune_events(conn, before).map(Output::Pruned),
+            Job::Expire { rule, .. } => writes::expire(conn, rule).map(Output::Expired),
+            Job::Reclaim { .. } => writes::reclaim(conn).map(Output::Reclaimed),
             Job::Probe { .. } => writes::probe(conn).map(|()| Output::Probed),
         };
         match applied {

@@ -132,6 +132,12 @@ pub fn open_connection(path: &Path, lock_wait: LockWait) -> Result<Connection, O
     )
     .map_err(err)?;
     install_busy_handler(&mut conn, lock_wait).map_err(err)?;
+    // Before WAL, whose switch writes the header of a fresh database: only
+    // a fresh one takes it (an existing file keeps its mode until VACUUM).
+    // Pages that deletes and retention free are reused first; incremental
+    // vacuum (`writes::reclaim`) hands what is left back to the file system.
+    conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL")
+        .map_err(err)?;
     let mode = set_wal_mode(&conn, lock_wait).map_err(err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(err(rusqlite::Error::InvalidParameterName(format!(

@@ -31,9 +31,14 @@ pub use connection::{DATABASE_FILE, LockWait, OpenDatabaseError};
 use reads::ReadPool;
 
 use super::{
-    EventHead, EventPage, EventQuery, RunRecord, SnapshotPage, SnapshotQuery, Storage,
-    StorageError, StoredManifest, Target, TaskPage, TaskQuery, WriteReceipt,
+    EventHead, EventPage, EventQuery, ExpireRule, ExpireStep, RunRecord, SnapshotPage,
+    SnapshotQuery, Storage, StorageError, StoredManifest, Target, TaskPage, TaskQuery,
+    WriteReceipt,
 };
+
+/// Most incremental-vacuum steps per `reclaim_space` (each
+/// `writes::RECLAIM_PAGES` pages): 8 MiB of 4 KiB pages per sweep.
+const MAX_RECLAIM_STEPS: usize = 8;
 
 /// How the SQLite backend is set up.
 #[derive(Debug, Clone)]
@@ -163,6 +168,28 @@ impl Storage for SqliteStorage {
 
     async fn delete_run(&self, task_id: &str, run_id: &str) -> Result<bool, StorageError> {
         self.committer.delete(task_id, run_id).await
+    }
+
+    async fn expire(&self, rule: &ExpireRule) -> Result<ExpireStep, StorageError> {
+        self.committer.expire(rule.clone()).await
+    }
+
+    /// Up to [`MAX_RECLAIM_STEPS`] steps of incremental vacuum, each its
+    /// own short commit among the writes, while free pages are left.
+    async fn reclaim_space(&self) -> Result<u64, StorageError> {
+        let mut pages = 0;
+        for _ in 0..MAX_RECLAIM_STEPS {
+            if self.reads.run(reads::free_pages_bytes).await? == 0 {
+                break;
+            }
+            let freed = self.committer.reclaim().await?;
+            pages += freed;
+            if freed < writes::RECLAIM_PAGES as u64 {
+                break;
+            }
+        }
+        let page_size = self.reads.run(reads::page_size).await?;
+        Ok(pages * page_size)
     }
 
     async fn list_tasks(&self, query: TaskQuery) -> Result<TaskPage, StorageError> {

@@ -229,12 +229,19 @@ pub fn task_page(conn: &Connection, query: &TaskQuery) -> Result<TaskPage, Stora
     let (from, skip) = query.range_start();
     let end = query.prefix_end();
     let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+    // Two statements, not `(?3 IS NULL OR task_id < ?3)`: only a plain
+    // bound ends the range seek, so a prefix with few tasks does not scan
+    // the rest of the table for one more row.
     let mut statement = conn
-        .prepare_cached(
+        .prepare_cached(if end.is_some() {
             "SELECT task_id, run_count, last_run_at FROM tasks
-             WHERE task_id >= ?1 AND task_id <> ?2 AND (?3 IS NULL OR task_id < ?3)
-             ORDER BY task_id LIMIT ?4",
-        )
+             WHERE task_id >= ?1 AND task_id <> ?2 AND task_id < ?3
+             ORDER BY task_id LIMIT ?4"
+        } else {
+            "SELECT task_id, run_count, last_run_at FROM tasks
+             WHERE task_id >= ?1 AND task_id <> ?2 AND ?3 IS NULL
+             ORDER BY task_id LIMIT ?4"
+        })
         .map_err(sql)?;
     let mut rows = statement
         .query(params![from, skip, end, fetch])
@@ -339,8 +346,12 @@ pub fn free_pages_bytes(conn: &Connection) -> Result<u64, StorageError> {
     let pages: i64 = conn
         .query_row("PRAGMA freelist_count", [], |row| row.get(0))
         .map_err(sql)?;
+    Ok(u64::try_from(pages).unwrap_or_default() * page_size(conn)?)
+}
+
+pub fn page_size(conn: &Connection) -> Result<u64, StorageError> {
     let page_size: i64 = conn
         .query_row("PRAGMA page_size", [], |row| row.get(0))
         .map_err(sql)?;
-    Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or_default())
+    Ok(u64::try_from(page_size).unwrap_or_default())
 }

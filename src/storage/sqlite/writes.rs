@@ -5,7 +5,10 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::storage::{EventKind, RunRecord, Target, WriteReceipt, location};
+use crate::storage::{
+    EventKind, RunInstant, RunRecord, Target, WriteReceipt, location,
+    retention::{EXPIRE_BATCH, ExpireRule, ExpireStep, TASK_SCAN, task_after},
+};
 
 /// Most events one pruning step removes: each step is one short write.
 pub const PRUNE_BATCH: usize = 1000;
@@ -117,6 +120,17 @@ fn update_task_counters(conn: &Connection, task_id: &str, added: i64) -> rusqlit
 /// DELETED event; the caller wraps it in one savepoint, so all of it goes
 /// or none does. Returns whether either existed.
 pub fn delete_run(conn: &Connection, task_id: &str, run_id: &str) -> rusqlite::Result<bool> {
+    remove_run(conn, EventKind::Deleted, task_id, run_id)
+}
+
+/// Removes both records of a run, keeps its task's counters, and appends
+/// an event of `kind` when either record existed.
+fn remove_run(
+    conn: &Connection,
+    kind: EventKind,
+    task_id: &str,
+    run_id: &str,
+) -> rusqlite::Result<bool> {
     let entry: Option<String> = conn
         .prepare_cached(
             "DELETE FROM snapshot_entries WHERE task_id = ?1 AND run_id = ?2 RETURNING timestamp",
@@ -135,15 +149,101 @@ pub fn delete_run(conn: &Connection, task_id: &str, run_id: &str) -> rusqlite::R
     let Some(timestamp) = manifest.or(entry) else {
         return Ok(false);
     };
-    append_event(
-        conn,
-        EventKind::Deleted,
-        task_id,
-        run_id,
-        &timestamp,
-        &now_text(),
-    )?;
+    append_event(conn, kind, task_id, run_id, &timestamp, &now_text())?;
     Ok(true)
+}
+
+/// One step of retention, in the caller's savepoint: victims are chosen
+/// and removed under the one write lock, so nothing changes in between.
+pub fn expire(conn: &Connection, rule: &ExpireRule) -> rusqlite::Result<ExpireStep> {
+    match rule {
+        ExpireRule::Before(cutoff) => expire_before(conn, *cutoff),
+        ExpireRule::KeepNewest { keep, from } => expire_beyond(conn, *keep, from),
+    }
+}
+
+/// Removes up to [`EXPIRE_BATCH`] runs whose entry or manifest names an
+/// instant before `cutoff`: two seeks on the by-instant indexes.
+fn expire_before(conn: &Connection, cutoff: RunInstant) -> rusqlite::Result<ExpireStep> {
+    let victims: Vec<(String, String)> = conn
+        .prepare_cached(
+            "SELECT task_id, run_id FROM (
+                 SELECT task_id, run_id FROM snapshot_entries
+                 WHERE (instant_secs, instant_nanos) < (?1, ?2)
+                 ORDER BY instant_secs, instant_nanos LIMIT ?3)
+             UNION
+             SELECT task_id, run_id FROM (
+                 SELECT task_id, run_id FROM manifests
+                 WHERE (instant_secs, instant_nanos) < (?1, ?2)
+                 ORDER BY instant_secs, instant_nanos LIMIT ?3)
+             LIMIT ?3",
+        )?
+        .query_map(
+            params![cutoff.secs, cutoff.nanos, EXPIRE_BATCH as i64],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut expired = 0;
+    for (task_id, run_id) in &victims {
+        expired += u64::from(remove_run(conn, EventKind::Expired, task_id, run_id)?);
+    }
+    Ok(ExpireStep {
+        expired,
+        next: (victims.len() == EXPIRE_BATCH).then_some(ExpireRule::Before(cutoff)),
+    })
+}
+
+/// Looks at up to [`TASK_SCAN`] tasks from `from` on, and in each removes
+/// the oldest runs beyond the newest `keep` (oldest first in the task's
+/// order), up to [`EXPIRE_BATCH`] runs in all.
+fn expire_beyond(conn: &Connection, keep: u64, from: &str) -> rusqlite::Result<ExpireStep> {
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    let tasks: Vec<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT task_id, run_count FROM tasks WHERE task_id >= ?1 ORDER BY task_id LIMIT ?2",
+        )?
+        .query_map(params![from, TASK_SCAN as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut budget = EXPIRE_BATCH as i64;
+    let mut expired = 0;
+    for (task_id, run_count) in tasks.iter().filter(|(_, count)| *count > keep) {
+        let excess = run_count - keep;
+        let victims: Vec<String> = conn
+            .prepare_cached(
+                "SELECT run_id FROM snapshot_entries WHERE task_id = ?1
+                 ORDER BY instant_secs, instant_nanos, seq LIMIT ?2",
+            )?
+            .query_map(params![task_id, excess.min(budget)], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for run_id in &victims {
+            expired += u64::from(remove_run(conn, EventKind::Expired, task_id, run_id)?);
+        }
+        budget -= victims.len() as i64;
+        if budget == 0 {
+            // This task may still be over: the next step starts with it.
+            let next = if excess > victims.len() as i64 {
+                task_id.clone()
+            } else {
+                task_after(task_id)
+            };
+            return Ok(ExpireStep {
+                expired,
+                next: Some(ExpireRule::KeepNewest {
+                    keep: keep as u64,
+                    from: next,
+                }),
+            });
+        }
+    }
+    Ok(ExpireStep {
+        expired,
+        next: (tasks.len() == TASK_SCAN).then(|| ExpireRule::KeepNewest {
+            keep: keep as u64,
+            from: task_after(&tasks[TASK_SCAN - 1].0),
+        }),
+    })
 }
 
 /// Removes the oldest events recorded before `before`, at most
@@ -201,6 +301,26 @@ fn write_manifest(conn: &Connection, run: &RunRecord) -> rusqlite::Result<u64> {
         &written_at,
     )?;
     Ok(run.summary_json.len() as u64)
+}
+
+/// Most free pages one reclaiming step hands back to the file system
+/// (2 MiB of 4 KiB pages): the step moves pages, holding the write lock.
+pub const RECLAIM_PAGES: i64 = 512;
+
+/// Hands up to [`RECLAIM_PAGES`] free pages back to the file system
+/// (incremental vacuum: the file shrinks at the next checkpoint); returns
+/// how many it freed. A no-op on a database without incremental
+/// auto-vacuum.
+pub fn reclaim(conn: &Connection) -> rusqlite::Result<u64> {
+    let free = |conn: &Connection| -> rusqlite::Result<i64> {
+        conn.query_row("PRAGMA freelist_count", [], |row| row.get(0))
+    };
+    let before = free(conn)?;
+    // Each step of the pragma frees one page: step it to its end.
+    let mut vacuum = conn.prepare_cached(&format!("PRAGMA incremental_vacuum({RECLAIM_PAGES})"))?;
+    let mut steps = vacuum.query([])?;
+    while steps.next()?.is_some() {}
+    Ok(u64::try_from(before - free(conn)?).unwrap_or_default())
 }
 
 /// The readiness probe's durable write: it bumps the sequence of the task
