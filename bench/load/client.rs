@@ -20,8 +20,8 @@ use prost::{
     bytes::{BufMut, Bytes, BytesMut},
 };
 use runstore::proto::{
-    CompleteRunRequest, CompleteRunResponse, GetTaskSnapshotRequest, Outcome,
-    persistence_service_client::PersistenceServiceClient,
+    CompleteRunRequest, CompleteRunResponse, GetTaskSnapshotRequest, ListTasksRequest, Outcome,
+    TaskSummary, persistence_service_client::PersistenceServiceClient,
 };
 use serde_json::Value;
 use tonic::{
@@ -34,6 +34,7 @@ use tonic::{
 
 const COMPLETE_RUN: &str = "/orchestrator.persistence.v1.PersistenceService/CompleteRun";
 const GET_TASK_SNAPSHOT: &str = "/orchestrator.persistence.v1.PersistenceService/GetTaskSnapshot";
+const LIST_TASKS: &str = "/orchestrator.persistence.v1.PersistenceService/ListTasks";
 
 /// Ids and timestamps have a fixed width, so a template's bytes (and the
 /// protobuf lengths in them) never move: `bench-task-0000000042`,
@@ -151,8 +152,21 @@ impl Fixture {
     pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading fixture {}", path.display()))?;
-        let mut summary: Value = serde_json::from_str(&text)
-            .with_context(|| format!("parsing fixture {}", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("fixture {}", path.display()))
+    }
+
+    /// The smallest summary there is: the three fields a CompleteRun
+    /// summary must agree on and nothing else (~100 bytes). For filling a
+    /// store with many tasks, where the summary's size is not what is
+    /// measured.
+    pub fn minimal() -> anyhow::Result<Self> {
+        Self::from_json(r#"{"taskId":"","runId":"","timestamp":""}"#)
+    }
+
+    /// A fixture from a summary's JSON text (its ids and timestamp are
+    /// replaced by slots).
+    pub fn from_json(text: &str) -> anyhow::Result<Self> {
+        let mut summary: Value = serde_json::from_str(text).context("parsing the summary")?;
         let plain_summary = serde_json::to_string(&summary)?;
         let (task, run, time) = (
             placeholder(TASK_PREFIX, TASK_DIGITS),
@@ -248,6 +262,14 @@ pub enum Op {
         task_id: String,
         runs: usize,
     },
+    /// `ListTasks` of one page; OK only when it holds `tasks` tasks, the
+    /// first and last the ones expected, each with at least one run.
+    ListTasks {
+        request: Bytes,
+        first: String,
+        last: String,
+        tasks: usize,
+    },
 }
 
 impl Op {
@@ -263,6 +285,22 @@ impl Op {
             request: request.encode_to_vec().into(),
             task_id,
             runs,
+        }
+    }
+
+    /// The page of `page_size` tasks from task `first` on, asked for with
+    /// `prefix` and `page_token` (both may be empty).
+    pub fn list_tasks(prefix: &str, page_token: &str, first: u64, page_size: usize) -> Self {
+        let request = ListTasksRequest {
+            prefix: prefix.to_owned(),
+            page_size: u32::try_from(page_size).unwrap_or(u32::MAX),
+            page_token: page_token.to_owned(),
+        };
+        Op::ListTasks {
+            request: request.encode_to_vec().into(),
+            first: task_id(first),
+            last: task_id(first + page_size as u64 - 1),
+            tasks: page_size,
         }
     }
 }
@@ -326,6 +364,14 @@ struct PageLite {
     runs: Vec<Bytes>,
 }
 
+/// A `ListTasksResponse` read without decoding every task: each stays one
+/// slice of the received buffer.
+#[derive(Clone, PartialEq, Message)]
+struct TasksLite {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    tasks: Vec<Bytes>,
+}
+
 /// One call; for CompleteRun, the server-side time of its slower write
 /// (`WriteStatus.duration_micros`: queueing for and waiting on the commit).
 async fn call(grpc: &mut Grpc<Channel>, op: &Op, n: u64) -> Result<Option<u32>, String> {
@@ -375,6 +421,44 @@ async fn call(grpc: &mut Grpc<Channel>, op: &Op, n: u64) -> Result<Option<u32>, 
                     "page of {:?} with {} runs, expected {task_id:?} with {runs}",
                     page.task_id,
                     page.runs.len()
+                ));
+            }
+        }
+        Op::ListTasks {
+            request,
+            first,
+            last,
+            tasks,
+        } => {
+            let page: TasksLite = grpc
+                .unary(
+                    Request::new(request.clone()),
+                    PathAndQuery::from_static(LIST_TASKS),
+                    RawCodec::<TasksLite>::default(),
+                )
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            let decode = |bytes: Option<&Bytes>| {
+                bytes
+                    .and_then(|b| TaskSummary::decode(b.clone()).ok())
+                    .unwrap_or_default()
+            };
+            let (head, tail) = (decode(page.tasks.first()), decode(page.tasks.last()));
+            if page.tasks.len() != *tasks
+                || head.task_id != *first
+                || tail.task_id != *last
+                || head.run_count == 0
+                || tail.run_count == 0
+            {
+                return Err(format!(
+                    "page of {} tasks from {:?} ({} runs) to {:?} ({} runs), expected {tasks} \
+                     from {first:?} to {last:?}",
+                    page.tasks.len(),
+                    head.task_id,
+                    head.run_count,
+                    tail.task_id,
+                    tail.run_count
                 ));
             }
         }

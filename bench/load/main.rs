@@ -28,8 +28,10 @@
 //! `BENCH_PG_BIN` (/usr/lib/postgresql/15/bin).
 
 mod client;
+mod lifecycle;
 mod pg;
 mod server;
+mod watcher;
 
 use std::{
     collections::BTreeMap,
@@ -63,6 +65,22 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("c1", "CompleteRun c1, concurrent writes"),
     ("pgstore1", "CompleteRun c1, runstore on PostgreSQL"),
     ("c1seq", "CompleteRun c1, --write-mode sequential"),
+    (
+        "listtasks",
+        "ListTasks pages (first, prefix, deep) c8, 100,000 tasks vs 100",
+    ),
+    (
+        "pglisttasks",
+        "the same ListTasks pages, runstore on PostgreSQL",
+    ),
+    (
+        "fanout",
+        "WatchRuns fan-out: CompleteRun c64 with 0, 1, 16, 64 watchers",
+    ),
+    (
+        "pgfanout",
+        "the same WatchRuns fan-out, runstore on PostgreSQL",
+    ),
     ("hot", "CompleteRun c64, one hot task"),
     ("newtask", "CompleteRun c64, a new task per call"),
     ("sweep", "CompleteRun c8, c16, c32, c128 (for the peak)"),
@@ -153,6 +171,7 @@ enum Backing<'a> {
     Sqlite(tempfile::TempDir),
     Postgres {
         pg: &'a pg::Postgres,
+        db: &'static str,
         url: String,
         pool_size: usize,
     },
@@ -180,7 +199,7 @@ impl<'a> Backing<'a> {
     fn stored_rows(&self) -> anyhow::Result<(u64, u64)> {
         match self {
             Backing::Sqlite(dir) => stored_rows(dir.path()),
-            Backing::Postgres { pg, .. } => pg.stored_rows(pg::RUNSTORE_DB),
+            Backing::Postgres { pg, db, .. } => pg.stored_rows(db),
         }
     }
 }
@@ -258,6 +277,8 @@ struct Config {
     connections: usize,
     pg_pool_size: usize,
     big_history: u64,
+    /// Tasks of the large store of the ListTasks scenarios.
+    many_tasks: u64,
     bin: PathBuf,
     pg_bin: PathBuf,
     tmp_root: PathBuf,
@@ -301,6 +322,17 @@ impl Config {
             connections,
             pg_pool_size,
             big_history: if quick { 1_000 } else { 10_000 },
+            many_tasks: match env::var("BENCH_LIST_TASKS") {
+                Ok(v) => {
+                    let n: u64 = v.parse().context("BENCH_LIST_TASKS")?;
+                    if n < 200 || !n.is_multiple_of(200) {
+                        bail!("BENCH_LIST_TASKS: a multiple of 200, at least 200");
+                    }
+                    n
+                }
+                Err(_) if quick => 10_000,
+                Err(_) => 100_000,
+            },
             bin: env::var_os("RUNSTORE_BIN")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_runstore"))),
@@ -387,6 +419,8 @@ struct Bench {
     /// `peak_c`.
     values: BTreeMap<String, f64>,
     notes: Vec<String>,
+    /// Tables of their own (the fan-out's delivery), after the ratios.
+    sections: Vec<String>,
     failures: Vec<String>,
 }
 
@@ -404,6 +438,8 @@ struct Measured {
     problems: Vec<String>,
     wal_max_bytes: u64,
     wal_restarts: u64,
+    /// What the watchers received (fan-out scenarios).
+    watch: watcher::Watched,
 }
 
 impl Measured {
@@ -424,6 +460,8 @@ impl Measured {
         self.problems.extend(other.problems);
         self.wal_max_bytes = self.wal_max_bytes.max(other.wal_max_bytes);
         self.wal_restarts += other.wal_restarts;
+        self.watch.merge(other.watch);
+        self.watch.sort();
     }
 
     fn pairs_share(&self) -> f64 {
@@ -505,13 +543,24 @@ impl Bench {
     /// A round's fresh storage: a temp data dir, or the runstore database
     /// dropped and created again.
     fn backing<'a>(&self, store: Store<'a>) -> anyhow::Result<Backing<'a>> {
+        self.backing_named(store, "complete-run", pg::RUNSTORE_DB)
+    }
+
+    /// A fresh data dir named after `name`, or the database `db` re-created.
+    fn backing_named<'a>(
+        &self,
+        store: Store<'a>,
+        name: &str,
+        db: &'static str,
+    ) -> anyhow::Result<Backing<'a>> {
         Ok(match store {
-            Store::Sqlite => Backing::Sqlite(self.data_dir("complete-run")?),
+            Store::Sqlite => Backing::Sqlite(self.data_dir(name)?),
             Store::Postgres(pg) => {
-                pg.recreate_database(pg::RUNSTORE_DB)?;
+                pg.recreate_database(db)?;
                 Backing::Postgres {
                     pg,
-                    url: pg.url(pg::RUNSTORE_DB),
+                    db,
+                    url: pg.url(db),
                     pool_size: self.cfg.pg_pool_size,
                 }
             }
@@ -537,8 +586,11 @@ impl Bench {
     }
 
     /// One round: a fresh server and data dir (or database), one
-    /// CompleteRun load, then the checks: zero errors, every acknowledged
-    /// run read back, every row stored.
+    /// CompleteRun load (followed by `watchers` WatchRuns watchers from
+    /// before it starts), then the checks: zero errors, every acknowledged
+    /// run read back, every row stored, every watcher given every
+    /// acknowledged run's event.
+    #[allow(clippy::too_many_arguments)]
     async fn complete_run(
         &self,
         name: &str,
@@ -547,6 +599,7 @@ impl Bench {
         keying: Keying,
         concurrency: usize,
         secs: u64,
+        watchers: usize,
     ) -> anyhow::Result<Measured> {
         eprintln!("==> {name}: {mode} writes, c{concurrency}, {secs} s");
         let backing = self.backing(store)?;
@@ -556,10 +609,26 @@ impl Bench {
             keying,
             first_run: 0,
         });
+        let spec = self.cfg.spec(concurrency, secs);
         settle();
+        let following = if watchers > 0 {
+            let deadline = Instant::now() + spec.duration + lifecycle::WATCH_DRAIN * 2;
+            Some(watcher::Watchers::start(server.addr, watchers, spec.max_calls, deadline).await?)
+        } else {
+            None
+        };
         let wal = server.wal_path().map(WalWatch::start);
         let before = Cpu::now(&server, backing.postgres())?;
-        let load = run_load(server.addr, op, self.cfg.spec(concurrency, secs)).await?;
+        let load = run_load(server.addr, op, spec).await?;
+        // With watchers, the CPU counts their feed until each had every
+        // event (the server's cost of sending what it still owed them).
+        let watch = match following {
+            Some(w) => {
+                w.finish(load.ok, load.ok + load.errors, lifecycle::WATCH_DRAIN)
+                    .await?
+            }
+            None => watcher::Watched::default(),
+        };
         let cpu = Cpu::now(&server, backing.postgres())?.since(before);
         let wal_max_bytes = match wal {
             Some(wal) => wal.finish().await,
@@ -611,7 +680,9 @@ impl Bench {
                 rows.0, rows.1
             ));
         }
+        problems.extend(watch.problems());
         Ok(Measured {
+            watch,
             pairs_weighted: commit.pairs_together_share * acked as f64,
             load,
             cpu,
@@ -656,8 +727,15 @@ impl Bench {
         paired: bool,
     ) -> bool {
         let verified = if m.problems.is_empty() {
+            let watchers = match m.watch.watchers {
+                0 => String::new(),
+                n => format!(
+                    "; each of {n} watcher(s) got every acknowledged run's event ({} in all)",
+                    fmt_count(m.watch.events)
+                ),
+            };
             format!(
-                "yes: {} read back, {} rows ×2",
+                "yes: {} read back, {} rows ×2{watchers}",
                 fmt_count(m.read),
                 fmt_count(m.rows)
             )
@@ -697,7 +775,7 @@ impl Bench {
     ) -> anyhow::Result<Measured> {
         let mode = "concurrent";
         let m = self
-            .complete_run(label, Store::Sqlite, mode, keying, concurrency, secs)
+            .complete_run(label, Store::Sqlite, mode, keying, concurrency, secs, 0)
             .await?;
         self.push_run(key, label, concurrency, &m, true);
         Ok(m)
@@ -808,7 +886,15 @@ impl Bench {
                 };
                 let label = format!("{} (round {}/{rounds})", v.label, round + 1);
                 let m = self
-                    .complete_run(&label, store, v.mode, Keying::Tasks(TASKS), clients, secs)
+                    .complete_run(
+                        &label,
+                        store,
+                        v.mode,
+                        Keying::Tasks(TASKS),
+                        clients,
+                        secs,
+                        0,
+                    )
                     .await?;
                 total.merge(m);
             }
@@ -951,9 +1037,16 @@ impl Bench {
 
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut pg = None;
-        if ["pg64", "pg1", "pgstore64", "pgstore1"]
-            .iter()
-            .any(|key| self.cfg.runs(key))
+        if [
+            "pg64",
+            "pg1",
+            "pgstore64",
+            "pgstore1",
+            "pglisttasks",
+            "pgfanout",
+        ]
+        .iter()
+        .any(|key| self.cfg.runs(key))
         {
             eprintln!("==> start PostgreSQL");
             pg = Some(pg::Postgres::start(&self.cfg.tmp_root, &self.cfg.pg_bin)?);
@@ -967,6 +1060,7 @@ impl Bench {
             peak.push((64, rps));
         }
         self.anchored_group(pg.as_ref(), 1, C1_VARIANTS).await?;
+        self.lifecycle(pg.as_ref()).await?;
         if let Some(pg) = pg.take() {
             pg.stop()?;
         }
@@ -1029,6 +1123,10 @@ impl Bench {
         let _ = writeln!(out);
         out.push_str(&self.ratio_table());
         let _ = writeln!(out);
+        for section in &self.sections {
+            out.push_str(section);
+            let _ = writeln!(out);
+        }
         let _ = writeln!(out, "Machine and run:");
         let _ = writeln!(out);
         let notes = self
@@ -1086,7 +1184,7 @@ impl Bench {
         let _ = writeln!(out, "| --- | ---: | ---: | --- |");
         let peak_c = self.values.get("peak_c").map_or(0, |c| *c as usize);
         let r = |a, b| self.ratio(a, b);
-        let targets = [
+        let targets = vec![
             (
                 "RPS c64 / pgbench c64 TPS".into(),
                 r("c64", "pg64"),
@@ -1121,6 +1219,7 @@ impl Bench {
                 Target::AtLeast(0.9),
             ),
         ];
+        let targets = targets.into_iter().chain(self.lifecycle_targets());
         for (name, value, target) in targets {
             let _ = writeln!(
                 out,
@@ -1351,6 +1450,7 @@ async fn main() -> anyhow::Result<()> {
         rows: Vec::new(),
         values: BTreeMap::new(),
         notes: Vec::new(),
+        sections: Vec::new(),
         failures: Vec::new(),
     };
     let started = Instant::now();
