@@ -3,9 +3,7 @@
 //! timestamp stay right, and a failing delete removes nothing.
 
 use futures::StreamExt;
-use runstore::proto::{
-    DeleteRunRequest, DeleteRunResponse, ListTasksRequest, Outcome, TaskSummary, WriteState,
-};
+use runstore::proto::{DeleteRunRequest, DeleteRunResponse, Outcome, WriteState};
 use tonic::Code;
 
 use crate::helpers::{Backend, On, RowCounts, Table, TestApp, spawn_app, ts};
@@ -22,21 +20,6 @@ async fn delete(
         })
         .await
         .map(tonic::Response::into_inner)
-}
-
-/// The task's entry in ListTasks, found by walking every page.
-async fn listed(app: &TestApp, task_id: &str) -> Option<TaskSummary> {
-    let reply = app
-        .client()
-        .list_tasks(ListTasksRequest {
-            prefix: task_id.into(),
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .expect("ListTasks")
-        .into_inner();
-    reply.tasks.into_iter().find(|t| t.task_id == task_id)
 }
 
 fn assert_deleted(reply: &DeleteRunResponse, found: bool, what: &str) {
@@ -108,7 +91,7 @@ async fn deletes_keep_the_order_the_count_and_last_run_at(backend: Backend) {
     );
     let page = app.get_snapshot("kept", 0, "").await.expect("snapshot");
     assert_eq!(page.last_run_at, ts(2));
-    let task = listed(&app, "kept").await.expect("listed");
+    let task = app.listed_task("kept").await.expect("listed");
     assert_eq!(
         (task.run_count, task.last_run_at.as_str()),
         (2, ts(2).as_str())
@@ -120,13 +103,13 @@ async fn deletes_keep_the_order_the_count_and_last_run_at(backend: Backend) {
     }
     let err = app.get_snapshot("kept", 0, "").await.expect_err("no runs");
     assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(listed(&app, "kept").await, None);
+    assert_eq!(app.listed_task("kept").await, None);
 
     // Written again, it starts afresh, in order.
     app.complete_run("kept", "r5", &ts(5)).await;
     app.complete_run("kept", "r4", &ts(4)).await;
     assert_eq!(app.run_ids("kept").await, ["r4", "r5"]);
-    let task = listed(&app, "kept").await.expect("listed again");
+    let task = app.listed_task("kept").await.expect("listed again");
     assert_eq!(
         (task.run_count, task.last_run_at.as_str()),
         (2, ts(5).as_str())
@@ -187,7 +170,7 @@ async fn a_failing_delete_removes_nothing_and_fails_no_one_else(backend: Backend
             .is_some()
     );
     assert!(app.get_manifest("stuck", "r2").await.is_ok());
-    assert_eq!(listed(&app, "stuck").await.map(|t| t.run_count), Some(2));
+    assert_eq!(app.listed_task("stuck").await.map(|t| t.run_count), Some(2));
 
     // Recovery without a restart.
     app.db().remove_fault(fault);
@@ -274,7 +257,7 @@ async fn counts_stay_right_under_concurrent_writes_and_deletes(backend: Backend)
 
     for t in 0..TASKS {
         let runs = app.all_runs(&task(t)).await;
-        let listed = listed(&app, &task(t)).await.expect("listed");
+        let listed = app.listed_task(&task(t)).await.expect("listed");
         assert_eq!(listed.run_count, runs.len() as u64, "{}", task(t));
         // A third deleted, a third of new runs written: as many as before.
         assert_eq!(runs.len() as u32, RUNS, "{}", task(t));

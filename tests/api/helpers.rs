@@ -757,6 +757,22 @@ impl TestApp {
     }
 
     /// The run ids of a task, in snapshot order.
+    /// The task's entry in ListTasks (a prefix page of up to 1,000).
+    pub async fn listed_task(&self, task_id: &str) -> Option<runstore::proto::TaskSummary> {
+        self.client()
+            .list_tasks(runstore::proto::ListTasksRequest {
+                prefix: task_id.into(),
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("ListTasks")
+            .into_inner()
+            .tasks
+            .into_iter()
+            .find(|t| t.task_id == task_id)
+    }
+
     pub async fn run_ids(&self, task_id: &str) -> Vec<String> {
         self.all_runs(task_id)
             .await

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, num::NonZeroU64, time::Duration};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use runstore::{
-    proto::{ListTasksRequest, Outcome, TaskSummary, WriteState},
+    proto::{Outcome, WriteState},
     server::{ServerSettings, sweep::SweepSettings},
 };
 
@@ -52,21 +52,6 @@ async fn wait_for_rows(app: &TestApp, wanted: RowCounts) {
     .await;
 }
 
-async fn listed(app: &TestApp, task_id: &str) -> Option<TaskSummary> {
-    app.client()
-        .list_tasks(ListTasksRequest {
-            prefix: task_id.into(),
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .expect("ListTasks")
-        .into_inner()
-        .tasks
-        .into_iter()
-        .find(|t| t.task_id == task_id)
-}
-
 fn set<'a>(runs: impl IntoIterator<Item = (&'a str, &'a str)>) -> BTreeSet<(String, String)> {
     runs.into_iter()
         .map(|(t, r)| (t.to_owned(), r.to_owned()))
@@ -108,7 +93,7 @@ async fn retain_runs_keeps_the_newest_runs_of_each_task(backend: Backend) {
         let err = app.get_manifest("keep-a", gone).await.expect_err(gone);
         assert_eq!(err.code(), tonic::Code::NotFound);
     }
-    let a = listed(&app, "keep-a").await.expect("keep-a is listed");
+    let a = app.listed_task("keep-a").await.expect("keep-a is listed");
     assert_eq!((a.run_count, a.last_run_at.as_str()), (3, ts(6).as_str()));
     let expired = app.db().events("EXPIRED");
     assert_eq!(expired.len(), 3, "one EXPIRED event per run: {expired:?}");
@@ -157,7 +142,7 @@ async fn retain_for_expires_old_runs_manifest_only_and_backfilled_ones_too(backe
             .map(|(t, r)| (t.as_str(), r.as_str()))),
         set([("age", "old"), ("orphan", "old")])
     );
-    let age = listed(&app, "age").await.expect("age is listed");
+    let age = app.listed_task("age").await.expect("age is listed");
     assert_eq!(
         (age.run_count, age.last_run_at.as_str()),
         (1, young.as_str())
@@ -224,7 +209,7 @@ async fn retention_under_concurrent_writes_keeps_exactly_the_newest(backend: Bac
         let mut wanted = newest.clone();
         wanted.sort();
         assert_eq!(kept, wanted, "{task}");
-        let listed = listed(&app, &task).await.expect("listed");
+        let listed = app.listed_task(&task).await.expect("listed");
         assert_eq!(listed.run_count, u64::from(KEEP), "{task}");
         let newest_stamp = if t % 2 == 0 { RUNS - 1 } else { RUNS };
         assert_eq!(listed.last_run_at, ts(newest_stamp), "{task}");
