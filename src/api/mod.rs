@@ -90,6 +90,8 @@ pub struct PersistenceApi {
     writes: TaskTracker,
     /// Cancelled when shutdown begins: watchers end with their cursor.
     stop: CancellationToken,
+    /// The change feed, read once for all the watchers at one cursor.
+    feed: Arc<watch::FeedReader>,
 }
 
 impl PersistenceApi {
@@ -101,6 +103,7 @@ impl PersistenceApi {
         stop: CancellationToken,
     ) -> Self {
         Self {
+            feed: Arc::new(watch::FeedReader::new(Arc::clone(&storage))),
             storage,
             settings,
             admission,
@@ -410,12 +413,11 @@ impl PersistenceApi {
         // A pruned cursor is the call's status, not the stream's first message.
         let probe = EventQuery {
             after: start.after,
-            task_prefix: req.task_prefix.clone(),
             limit: 1,
         };
         self.storage.read_events(&probe).await?;
         Ok(watch::spawn(
-            Arc::clone(&self.storage),
+            Arc::clone(&self.feed),
             start,
             req.task_prefix,
             self.stop.clone(),

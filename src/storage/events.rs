@@ -57,21 +57,19 @@ pub struct EventHead {
     pub committed: Vec<EventCursor>,
 }
 
-/// Which events to read: those after `after` whose task id starts with
-/// `task_prefix`, scanning at most `limit` events.
+/// Which events to read: at most `limit` of those after `after`. Every
+/// task's: WatchRuns filters by prefix itself, so that watchers with
+/// different prefixes can share one read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventQuery {
     pub after: EventCursor,
-    pub task_prefix: String,
     pub limit: usize,
 }
 
-/// What a read found. `scanned_to` is the last event examined, matching or
-/// not, so the next read goes on from there; `full` says the scan stopped
-/// at its limit (more may follow at once).
+/// What a read found; `full` says it stopped at its limit (more may follow
+/// at once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventPage {
     pub events: Vec<RunEvent>,
-    pub scanned_to: EventCursor,
     pub full: bool,
 }

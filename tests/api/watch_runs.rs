@@ -2,7 +2,9 @@
 //! event without its change, no manifest write or removal without its
 //! event), start from now or exactly after a cursor (also across restarts
 //! and replicas), a late-committing PostgreSQL transaction is never skipped,
-//! a slow watcher is cut off with the cursor to resume from, and pruned
+//! a slow live watcher is cut off with the cursor to resume from while
+//! stored history goes at the reader's pace, many watchers sharing reads
+//! each get exactly their own events, and pruned
 //! cursors get OUT_OF_RANGE.
 
 use std::time::Duration;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use runstore::{
+    api::page_token,
     proto::{
         DeleteRunRequest, Outcome, RunEvent, RunEventKind, WatchRunsRequest, WatchRunsResponse,
         persistence_service_client::PersistenceServiceClient,
@@ -219,9 +222,11 @@ async fn a_cursor_resumes_exactly_after_its_event_across_restarts_and_replicas(b
 }
 contract_test!(a_cursor_resumes_exactly_after_its_event_across_restarts_and_replicas);
 
-/// A watcher that does not read is cut off once its buffer is full, with
-/// the cursor of the last event it was sent; resuming there loses nothing
-/// and repeats nothing. Beyond the watcher's own buffer, HTTP/2 buffers up
+/// A live watcher that does not read is cut off once its buffer is full,
+/// with the cursor of the last event it was sent; resuming there loses
+/// nothing and repeats nothing, and the resumed catch-up of stored events
+/// goes at the reader's pace, however slow (with it cut off as a live
+/// watcher is, this test fails after about 3,600 events). Beyond the watcher's own buffer, HTTP/2 buffers up
 /// to 400 KiB on the server, and the client here keeps HTTP/2's 64 KiB
 /// windows (hyper's client default would buffer 2 MiB): together about
 /// 3,000 events of this size, so 8× the buffer overflows them all.
@@ -235,7 +240,9 @@ async fn a_watcher_that_falls_behind_gets_the_cursor_to_resume_from(backend: Bac
         .connect()
         .await
         .expect("connect");
-    let mut stream = PersistenceServiceClient::new(channel)
+    let mut client = PersistenceServiceClient::new(channel);
+    let mut stream = client
+        .clone()
         .watch_runs(WatchRunsRequest {
             task_prefix: "slow".into(),
             after: String::new(),
@@ -274,31 +281,33 @@ async fn a_watcher_that_falls_behind_gets_the_cursor_to_resume_from(backend: Bac
     assert_eq!(resume_after, &seen.last().expect("some events").cursor);
     assert!(status.message().contains(resume_after.as_str()));
 
-    // Resume as a client would: again after each cut-off (a busy machine
-    // can make the catch-up fall behind too), each time exactly after the
-    // last event seen.
-    let mut after = resume_after.clone();
-    for _ in 0..32 {
-        if seen.len() as u32 >= RUNS {
-            break;
-        }
-        let mut resumed = watch(&app, "slow", &after).await.expect("resume");
-        loop {
-            match within("the resumed stream", resumed.message()).await {
-                Ok(Some(message)) => seen.push(message.event.expect("event")),
-                Ok(None) => panic!("the resumed stream ended without a status"),
-                Err(status) => {
-                    assert_eq!(status.code(), Code::Aborted, "{status:?}");
-                    let info = status.get_details_error_info().expect("ErrorInfo");
-                    let cursor = info.metadata.get("resume_after").expect("resume_after");
-                    assert_eq!(cursor, &seen.last().expect("events").cursor);
-                    after = cursor.clone();
-                    break;
-                }
-            }
-            if seen.len() as u32 >= RUNS {
-                break;
-            }
+    // Resuming reads the stored history at the pace the caller reads it:
+    // this stream is not cut off, however many events it has to catch up
+    // (through the same small windows).
+    let mut resumed = client
+        .watch_runs(WatchRunsRequest {
+            task_prefix: "slow".into(),
+            after: resume_after.clone(),
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    let mut reads = 0;
+    while (seen.len() as u32) < RUNS {
+        let message = within("the resumed stream", resumed.message())
+            .await
+            .unwrap_or_else(|status| {
+                panic!(
+                    "the catch-up was cut off after {} events: {status:?}",
+                    seen.len()
+                )
+            })
+            .expect("the resumed stream goes on");
+        seen.push(message.event.expect("event"));
+        reads += 1;
+        // Read slowly at first, so the stored history has to wait for us.
+        if reads < 8 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     assert_eq!(seen.len() as u32, RUNS, "no event repeated, none missed");
@@ -308,6 +317,61 @@ async fn a_watcher_that_falls_behind_gets_the_cursor_to_resume_from(backend: Bac
     assert_eq!(runs.len() as u32, RUNS, "every run once");
 }
 contract_test!(a_watcher_that_falls_behind_gets_the_cursor_to_resume_from);
+
+/// Many watchers at once, some at the same cursor (they share storage
+/// reads) and with different prefixes: each sees exactly its own events,
+/// once each, in cursor order, while the writes race.
+async fn many_watchers_each_see_their_own_events_once_in_order(backend: Backend) {
+    const RUNS: u32 = 200;
+    let app = spawn_app(backend).await;
+    let prefixes = ["", "", "fan-a", "fan-a", "fan-b", "fan-", "fan-b-", "none"];
+    let mut streams = Vec::new();
+    for prefix in prefixes {
+        streams.push(watch(&app, prefix, "").await.expect("WatchRuns"));
+    }
+    futures::stream::iter(0..RUNS)
+        .for_each_concurrent(32, |i| {
+            let app = &app;
+            async move {
+                let task = if i % 2 == 0 { "fan-a" } else { "fan-b" };
+                app.complete_run(task, &format!("r{i:03}"), &ts(i)).await;
+            }
+        })
+        .await;
+    // The last event of all, so every watcher can tell it has seen the rest.
+    app.complete_run("zz-end", "end", &ts(RUNS)).await;
+    for (prefix, stream) in prefixes.iter().zip(&mut streams) {
+        let expected = match *prefix {
+            "" => RUNS as usize + 1,
+            "fan-a" | "fan-b" => RUNS as usize / 2,
+            "fan-" => RUNS as usize,
+            _ => 0,
+        };
+        let events = next_events(stream, expected).await;
+        assert!(
+            events.iter().all(|e| e.task_id.starts_with(prefix)),
+            "prefix {prefix:?}: only its tasks"
+        );
+        let mut runs: Vec<_> = events.iter().map(|e| &e.run_id).collect();
+        runs.sort();
+        runs.dedup();
+        assert_eq!(runs.len(), expected, "prefix {prefix:?}: each run once");
+        let cursors: Vec<_> = events.iter().map(|e| e.cursor.clone()).collect();
+        let mut in_order = cursors.clone();
+        in_order.sort_by_key(|c| page_token::decode_event(c).expect("a cursor"));
+        assert_eq!(cursors, in_order, "prefix {prefix:?}: in cursor order");
+    }
+    // The "none" watcher was sent none of the above: a run of its own is
+    // the first event it gets (and the next for the "" watchers).
+    app.complete_run("none-x", "last", &ts(RUNS + 1)).await;
+    for (prefix, stream) in prefixes.iter().zip(&mut streams) {
+        if prefix.is_empty() || *prefix == "none" {
+            let next = next_events(stream, 1).await;
+            assert_eq!(summary(&next), [completed("none-x", "last")], "{prefix:?}");
+        }
+    }
+}
+contract_test!(many_watchers_each_see_their_own_events_once_in_order);
 
 /// At shutdown a watch ends with UNAVAILABLE and its cursor, not a reset.
 async fn a_watch_ends_at_shutdown_with_its_cursor(backend: Backend) {

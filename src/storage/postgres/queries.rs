@@ -140,7 +140,6 @@ pub async fn events(conn: &mut Object, query: &EventQuery) -> Result<EventPage, 
     tx.commit().await.map_err(sql)?;
     let mut page = EventPage {
         events: Vec::new(),
-        scanned_to: query.after,
         full: rows.len() == query.limit,
     };
     for row in rows {
@@ -148,11 +147,7 @@ pub async fn events(conn: &mut Object, query: &EventQuery) -> Result<EventPage, 
             tx: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
             id: u64::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
         };
-        page.scanned_to = cursor;
         let task_id: String = row.get(3);
-        if !task_id.starts_with(&query.task_prefix) {
-            continue;
-        }
         let kind: String = row.get(2);
         page.events.push(RunEvent {
             cursor,

@@ -282,9 +282,8 @@ pub fn event_head(conn: &Connection) -> Result<EventCursor, StorageError> {
 }
 
 /// Events after the cursor, in one read transaction with the pruning
-/// horizon, so a prune cannot slip between the check and the read. Scans at
-/// most `limit` events; the prefix is matched here, so the scan's cost does
-/// not depend on how selective it is.
+/// horizon, so a prune cannot slip between the check and the read; at most
+/// `limit` events.
 pub fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage, StorageError> {
     let tx = conn.unchecked_transaction().map_err(sql)?;
     let pruned_up_to: i64 = tx
@@ -306,21 +305,14 @@ pub fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage, Storag
     let mut rows = statement.query(params![after, limit]).map_err(sql)?;
     let mut page = EventPage {
         events: Vec::new(),
-        scanned_to: query.after,
         full: false,
     };
-    let mut scanned = 0;
     while let Some(row) = rows.next().map_err(sql)? {
-        scanned += 1;
         let cursor = EventCursor {
             tx: 0,
             id: u64::try_from(row.get::<_, i64>(0).map_err(sql)?).unwrap_or_default(),
         };
-        page.scanned_to = cursor;
         let task_id: String = row.get(2).map_err(sql)?;
-        if !task_id.starts_with(&query.task_prefix) {
-            continue;
-        }
         let kind: String = row.get(1).map_err(sql)?;
         let recorded_at: String = row.get(5).map_err(sql)?;
         page.events.push(RunEvent {
@@ -337,7 +329,7 @@ pub fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage, Storag
                 .into(),
         });
     }
-    page.full = scanned == query.limit;
+    page.full = page.events.len() == query.limit;
     Ok(page)
 }
 
