@@ -64,6 +64,7 @@ mod lifecycle;
 mod list_tasks;
 mod locking;
 mod metrics;
+mod monitoring;
 mod overload;
 mod postgres;
 mod postgres_server;

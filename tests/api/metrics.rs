@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// One scrape: the OpenMetrics text, checked for its framing.
-async fn scrape_text(addr: &str) -> String {
+pub async fn scrape_text(addr: &str) -> String {
     let mut stream = within("connect to /metrics", tokio::net::TcpStream::connect(addr))
         .await
         .expect("connect");
