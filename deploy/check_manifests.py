@@ -230,6 +230,9 @@ class Checker:
             data_dir = values.get("--data-dir", self.defaults.get("--data-dir"))
             if mounts.get(data_dir) not in claims:
                 self.fail(where, f"--data-dir {data_dir} is not a volumeClaimTemplate mount")
+            governing = [s for s in services if s["metadata"]["name"] == w["spec"].get("serviceName")]
+            if not governing or governing[0]["spec"].get("clusterIP") != "None":
+                self.fail(where, f"serviceName {w['spec'].get('serviceName')} is no headless Service")
         else:
             # PostgreSQL: replicas, the URL from the Secret, a PDB, spreading.
             if w["spec"].get("replicas", 1) < 2:
