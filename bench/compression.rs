@@ -291,6 +291,7 @@ impl Server {
         let data_dir = tempfile::tempdir().expect("temp data dir");
         let mut child = Command::new(&bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
             // One probe at startup, none during the measurement.

@@ -49,6 +49,14 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTORE_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the Prometheus/OpenMetrics endpoint (HTTP, path /metrics).
+    #[arg(
+        long,
+        env = "RUNSTORE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: SocketAddr,
+
     /// Storage backend: unset for SQLite in --data-dir, or a
     /// postgres://user@host:port/db URL (its password is never shown).
     #[arg(long, env = "RUNSTORE_STORAGE", hide_env_values = true)]
@@ -77,15 +85,15 @@ pub struct ServeArgs {
     pub shutdown_delay: Duration,
 
     /// How often storage is probed (a durable write) for the health status.
-    #[arg(long, env = "RUNSTORE_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RUNSTORE_HEALTH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub health_interval: Duration,
 
     /// How often the background sweep expires runs and prunes old events.
-    #[arg(long, env = "RUNSTORE_SWEEP_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RUNSTORE_SWEEP_INTERVAL", default_value = "30s", value_parser = positive_duration)]
     pub sweep_interval: Duration,
 
     /// Expire runs whose timestamp is older than this (e.g. 30d); unset keeps them.
-    #[arg(long, env = "RUNSTORE_RETAIN_FOR", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RUNSTORE_RETAIN_FOR", value_parser = positive_duration)]
     pub retain_for: Option<Duration>,
 
     /// Keep only the newest N runs of each task (by timestamp); unset keeps them all.
@@ -93,7 +101,7 @@ pub struct ServeArgs {
     pub retain_runs: Option<NonZeroU64>,
 
     /// How long WatchRuns events are kept; a cursor older than that gets OUT_OF_RANGE.
-    #[arg(long, env = "RUNSTORE_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RUNSTORE_EVENT_RETENTION", default_value = "7d", value_parser = positive_duration)]
     pub event_retention: Duration,
 
     /// Log line format; filter with RUST_LOG (default: info).
@@ -126,7 +134,7 @@ pub struct ServeArgs {
     pub postgres_pool_size: usize,
 
     /// Bound on connecting to PostgreSQL and on waiting for a pooled connection.
-    #[arg(long, env = "RUNSTORE_POSTGRES_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RUNSTORE_POSTGRES_CONNECT_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
     pub postgres_connect_timeout: Duration,
 
     /// PEM CA certificate(s) trusted for PostgreSQL's TLS certificate, besides the Mozilla roots.
@@ -237,6 +245,41 @@ impl ServeArgs {
                 retain_for: self.retain_for,
                 retain_runs: self.retain_runs,
             },
+            metrics: std::sync::Arc::default(),
         })
+    }
+}
+
+/// A duration that must be more than zero: an interval of 0 would spin, a
+/// retention or timeout of 0 would act at once.
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(duration) if duration.is_zero() => Err("must be more than 0".into()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_intervals_and_retentions_are_refused_by_name() {
+        for flag in [
+            "--health-interval",
+            "--sweep-interval",
+            "--retain-for",
+            "--event-retention",
+            "--postgres-connect-timeout",
+        ] {
+            let err = Cli::try_parse_from(["runstore", "serve", flag, "0s"])
+                .expect_err(&format!("{flag} 0s"));
+            let message = err.to_string();
+            assert!(message.contains(flag), "{message}");
+            assert!(message.contains("must be more than 0"), "{message}");
+            Cli::try_parse_from(["runstore", "serve", flag, "90s"])
+                .unwrap_or_else(|err| panic!("{flag} 90s: {err}"));
+        }
     }
 }

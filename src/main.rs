@@ -5,7 +5,8 @@ use anyhow::Context;
 use clap::Parser;
 use runstore::{
     config::{Cli, Command, ServeArgs},
-    server, storage, telemetry,
+    server::{self, metrics},
+    storage, telemetry,
 };
 use tokio::net::TcpListener;
 
@@ -25,6 +26,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let metrics_listener = TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding {} for metrics", args.metrics_listen))?;
+    tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+    let metrics = std::sync::Arc::clone(&settings.metrics);
+    tokio::spawn(async move {
+        if let Err(err) = metrics::endpoint::serve(metrics_listener, metrics).await {
+            tracing::error!(error = %err, "the metrics endpoint stopped");
+        }
+    });
     tracing::info!(
         addr = %listener.local_addr()?,
         data_dir = %args.data_dir.display(),

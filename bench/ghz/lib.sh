@@ -28,7 +28,7 @@ process_running() {
 start_server() {
   local data_dir=$1 log=$2 i
   shift 2
-  "$RUNSTORE_BIN" serve --listen 127.0.0.1:0 --data-dir "$data_dir" \
+  "$RUNSTORE_BIN" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$data_dir" \
     --log-format json "$@" >"$log" 2>&1 &
   SERVER_PID=$!
   for ((i = 0; i < 200; i++)); do

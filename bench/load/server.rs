@@ -61,6 +61,7 @@ impl Server {
     pub fn start(bin: &Path, storage: Storage<'_>, write_mode: &str) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--write-mode", write_mode]);
         let data_dir = match storage {
             Storage::Sqlite(dir) => {

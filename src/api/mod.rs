@@ -31,6 +31,7 @@ use crate::{
         admission::{Admission, AdmittedCall},
         auth::{self, Scope},
         deadline,
+        metrics::Metrics,
     },
     storage::{
         self, EventHead, EventQuery, RunRecord, SnapshotQuery, Storage, StorageError, Target,
@@ -92,6 +93,7 @@ pub struct PersistenceApi {
     stop: CancellationToken,
     /// The change feed, read once for all the watchers at one cursor.
     feed: Arc<watch::FeedReader>,
+    metrics: Arc<Metrics>,
 }
 
 impl PersistenceApi {
@@ -101,8 +103,10 @@ impl PersistenceApi {
         admission: Admission,
         writes: TaskTracker,
         stop: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            metrics,
             feed: Arc::new(watch::FeedReader::new(Arc::clone(&storage))),
             storage,
             settings,
@@ -527,6 +531,24 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+impl PersistenceApi {
+    /// Counts and times a call by its method and the code it is answered
+    /// with (a caller that leaves first is not counted).
+    async fn answered<T>(
+        &self,
+        method: &'static str,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = call.await;
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.rpc_answered(method, code, started.elapsed());
+        result
+    }
+}
+
 fn rpc_span(rpc: &'static str, task_id: &str, run_id: Option<&str>) -> tracing::Span {
     // Debug formatting: ids are untrusted and may hold control characters.
     tracing::info_span!(
@@ -543,57 +565,72 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<CompleteRunRequest>,
     ) -> Result<Response<CompleteRunResponse>, Status> {
-        require(request.extensions(), Scope::Write, "CompleteRun")?;
-        let deadline = deadline::budget(request.metadata());
-        let req = request.into_inner();
-        let span = rpc_span("CompleteRun", &req.task_id, Some(&req.run_id));
-        let reply = self.complete_run(req, deadline).instrument(span).await?;
-        Ok(Response::new(reply))
+        self.answered("CompleteRun", async {
+            require(request.extensions(), Scope::Write, "CompleteRun")?;
+            let deadline = deadline::budget(request.metadata());
+            let req = request.into_inner();
+            let span = rpc_span("CompleteRun", &req.task_id, Some(&req.run_id));
+            let reply = self.complete_run(req, deadline).instrument(span).await?;
+            Ok(Response::new(reply))
+        })
+        .await
     }
 
     async fn get_manifest(
         &self,
         request: Request<GetManifestRequest>,
     ) -> Result<Response<GetManifestResponse>, Status> {
-        require(request.extensions(), Scope::Read, "GetManifest")?;
-        let req = request.into_inner();
-        let span = rpc_span("GetManifest", &req.task_id, Some(&req.run_id));
-        let reply = self.get_manifest(req).instrument(span).await?;
-        Ok(Response::new(reply))
+        self.answered("GetManifest", async {
+            require(request.extensions(), Scope::Read, "GetManifest")?;
+            let req = request.into_inner();
+            let span = rpc_span("GetManifest", &req.task_id, Some(&req.run_id));
+            let reply = self.get_manifest(req).instrument(span).await?;
+            Ok(Response::new(reply))
+        })
+        .await
     }
 
     async fn get_task_snapshot(
         &self,
         request: Request<GetTaskSnapshotRequest>,
     ) -> Result<Response<GetTaskSnapshotResponse>, Status> {
-        require(request.extensions(), Scope::Read, "GetTaskSnapshot")?;
-        let req = request.into_inner();
-        let span = rpc_span("GetTaskSnapshot", &req.task_id, None);
-        let reply = self.get_task_snapshot(req).instrument(span).await?;
-        Ok(Response::new(reply))
+        self.answered("GetTaskSnapshot", async {
+            require(request.extensions(), Scope::Read, "GetTaskSnapshot")?;
+            let req = request.into_inner();
+            let span = rpc_span("GetTaskSnapshot", &req.task_id, None);
+            let reply = self.get_task_snapshot(req).instrument(span).await?;
+            Ok(Response::new(reply))
+        })
+        .await
     }
 
     async fn delete_run(
         &self,
         request: Request<DeleteRunRequest>,
     ) -> Result<Response<DeleteRunResponse>, Status> {
-        require(request.extensions(), Scope::Delete, "DeleteRun")?;
-        let deadline = deadline::budget(request.metadata());
-        let req = request.into_inner();
-        let span = rpc_span("DeleteRun", &req.task_id, Some(&req.run_id));
-        let reply = self.delete_run(req, deadline).instrument(span).await?;
-        Ok(Response::new(reply))
+        self.answered("DeleteRun", async {
+            require(request.extensions(), Scope::Delete, "DeleteRun")?;
+            let deadline = deadline::budget(request.metadata());
+            let req = request.into_inner();
+            let span = rpc_span("DeleteRun", &req.task_id, Some(&req.run_id));
+            let reply = self.delete_run(req, deadline).instrument(span).await?;
+            Ok(Response::new(reply))
+        })
+        .await
     }
 
     async fn list_tasks(
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        require(request.extensions(), Scope::Read, "ListTasks")?;
-        let req = request.into_inner();
-        let span = tracing::info_span!("rpc", rpc = "ListTasks", prefix = ?req.prefix);
-        let reply = self.list_tasks(req).instrument(span).await?;
-        Ok(Response::new(reply))
+        self.answered("ListTasks", async {
+            require(request.extensions(), Scope::Read, "ListTasks")?;
+            let req = request.into_inner();
+            let span = tracing::info_span!("rpc", rpc = "ListTasks", prefix = ?req.prefix);
+            let reply = self.list_tasks(req).instrument(span).await?;
+            Ok(Response::new(reply))
+        })
+        .await
     }
 
     type WatchRunsStream = watch::WatchStream;
@@ -602,10 +639,14 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
-        require(request.extensions(), Scope::Read, "WatchRuns")?;
-        let req = request.into_inner();
-        let span = tracing::info_span!("rpc", rpc = "WatchRuns", task_prefix = ?req.task_prefix);
-        let stream = self.watch_runs(req).instrument(span).await?;
-        Ok(Response::new(stream))
+        self.answered("WatchRuns", async {
+            require(request.extensions(), Scope::Read, "WatchRuns")?;
+            let req = request.into_inner();
+            let span =
+                tracing::info_span!("rpc", rpc = "WatchRuns", task_prefix = ?req.task_prefix);
+            let stream = self.watch_runs(req).instrument(span).await?;
+            Ok(Response::new(stream))
+        })
+        .await
     }
 }

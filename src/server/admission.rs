@@ -6,7 +6,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,6 +23,8 @@ pub struct Admission {
     calls: TaskTracker,
     slots: Arc<Semaphore>,
     max_in_flight: usize,
+    /// Calls refused because every slot was taken.
+    shed: Arc<AtomicU64>,
 }
 
 /// An admitted call: it counts as in flight until dropped.
@@ -40,6 +42,7 @@ impl Admission {
             calls: TaskTracker::new(),
             slots: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            shed: Arc::default(),
         }
     }
 
@@ -47,16 +50,27 @@ impl Admission {
         if self.closed.load(Ordering::SeqCst) {
             return Err(ApiError::ShuttingDown);
         }
-        let slot =
-            Arc::clone(&self.slots)
-                .try_acquire_owned()
-                .map_err(|_| ApiError::Overloaded {
-                    limit: self.max_in_flight,
-                })?;
+        let slot = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            ApiError::Overloaded {
+                limit: self.max_in_flight,
+            }
+        })?;
         Ok(AdmittedCall {
             _tracked: self.calls.token(),
             _slot: slot,
         })
+    }
+
+    /// Calls admitted and not yet finished (with their writes).
+    pub fn in_flight(&self) -> u64 {
+        let free = self.slots.available_permits();
+        u64::try_from(self.max_in_flight.saturating_sub(free)).unwrap_or(u64::MAX)
+    }
+
+    /// Calls refused so far because the limit was reached.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
     }
 
     /// Refuses every call from now on.

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+use super::metrics::Metrics;
 use crate::{
     api::PersistenceApi, proto::persistence_service_server::PersistenceServiceServer,
     storage::Storage,
@@ -98,6 +99,7 @@ impl HealthState {
 pub async fn monitor_storage(
     storage: Arc<dyn Storage>,
     health: HealthState,
+    metrics: Arc<Metrics>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -115,6 +117,7 @@ pub async fn monitor_storage(
             was_ok = Some(ok);
         }
         health.storage_checked(ok).await;
+        metrics.storage_ready(ok);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}

@@ -16,6 +16,7 @@ pub mod admission;
 pub mod auth;
 pub mod deadline;
 pub mod health;
+pub mod metrics;
 pub mod sweep;
 
 use crate::{
@@ -26,6 +27,7 @@ use crate::{
 use admission::{Admission, DEFAULT_MAX_IN_FLIGHT};
 use auth::BearerTokens;
 use health::{HealthState, monitor_storage};
+use metrics::{InstrumentedStorage, Metrics};
 
 /// TLS material, PEM-encoded.
 #[derive(Clone)]
@@ -77,6 +79,9 @@ pub struct ServerSettings {
     pub auth: Option<BearerTokens>,
     /// The background sweep of old events.
     pub sweep: sweep::SweepSettings,
+    /// Where this server records its metrics (`--metrics-listen` serves
+    /// them).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for ServerSettings {
@@ -90,6 +95,7 @@ impl Default for ServerSettings {
             tls: None,
             auth: None,
             sweep: sweep::SweepSettings::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -142,6 +148,10 @@ pub async fn run(
     let admission = Admission::new(settings.max_in_flight);
     let writes = TaskTracker::new();
     let stop = CancellationToken::new();
+    let metrics = settings.metrics;
+    metrics.observe_server(admission.clone(), Arc::clone(&storage));
+    let storage: Arc<dyn Storage> =
+        Arc::new(InstrumentedStorage::new(storage, Arc::clone(&metrics)));
 
     let api = PersistenceApi::new(
         Arc::clone(&storage),
@@ -149,6 +159,7 @@ pub async fn run(
         admission.clone(),
         writes.clone(),
         stop.clone(),
+        Arc::clone(&metrics),
     );
     // gzip and zstd both ways: requests in either are accepted, and replies
     // are compressed for clients that list one in `grpc-accept-encoding`
@@ -176,11 +187,13 @@ pub async fn run(
     tokio::spawn(sweep::run(
         Arc::clone(&storage),
         settings.sweep,
+        Arc::clone(&metrics),
         stop.clone(),
     ));
     tokio::spawn(monitor_storage(
         storage,
         health.clone(),
+        metrics,
         settings.health_interval,
         stop.clone(),
     ));

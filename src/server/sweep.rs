@@ -12,6 +12,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::Metrics;
 use crate::storage::{ExpireRule, RunInstant, Storage, StorageError};
 
 /// Most retention steps in one tick (each removes at most
@@ -44,10 +45,16 @@ impl Default for SweepSettings {
 }
 
 /// Sweeps until `stop` is cancelled.
-pub async fn run(storage: Arc<dyn Storage>, settings: SweepSettings, stop: CancellationToken) {
+pub async fn run(
+    storage: Arc<dyn Storage>,
+    settings: SweepSettings,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     let mut sweep = Sweep {
         storage,
         settings,
+        metrics,
         walk_from: String::new(),
     };
     loop {
@@ -67,21 +74,25 @@ pub async fn run(storage: Arc<dyn Storage>, settings: SweepSettings, stop: Cance
 struct Sweep {
     storage: Arc<dyn Storage>,
     settings: SweepSettings,
+    metrics: Arc<Metrics>,
     /// Where the `--retain-runs` walk over the tasks resumes.
     walk_from: String,
 }
 
 impl Sweep {
     async fn tick(&mut self) {
-        let started = Instant::now();
-        match self.expire().await {
-            Ok(0) => {}
-            Ok(expired) => tracing::info!(
+        let tick_started = Instant::now();
+        let mut expired = 0;
+        let outcome = self.expire(&mut expired).await;
+        if expired > 0 {
+            tracing::info!(
                 expired,
-                millis = started.elapsed().as_millis() as u64,
+                millis = tick_started.elapsed().as_millis() as u64,
                 "expired runs"
-            ),
-            Err(err) => tracing::warn!(error = %err, "expiring runs failed; next sweep retries"),
+            );
+        }
+        if let Err(err) = outcome {
+            tracing::warn!(error = %err, "expiring runs failed; next sweep retries");
         }
         let started = Instant::now();
         let before = SystemTime::now()
@@ -103,22 +114,22 @@ impl Sweep {
                 tracing::warn!(error = %err, "reclaiming free space failed; next sweep retries")
             }
         }
+        self.metrics.swept(expired, tick_started.elapsed());
     }
 
-    /// Runs retention's steps, at most [`MAX_STEPS_PER_TICK`] of them;
-    /// returns how many runs expired.
-    async fn expire(&mut self) -> Result<u64, StorageError> {
+    /// Runs retention's steps, at most [`MAX_STEPS_PER_TICK`] of them,
+    /// adding the runs each committed step expired to `expired`.
+    async fn expire(&mut self, expired: &mut u64) -> Result<(), StorageError> {
         let mut steps = 0;
-        let mut expired = 0;
         if let Some(age) = self.settings.retain_for {
             let mut rule = Some(ExpireRule::Before(horizon(age)));
             while let Some(current) = rule.take() {
                 if steps == MAX_STEPS_PER_TICK {
-                    return Ok(expired);
+                    return Ok(());
                 }
                 steps += 1;
                 let step = self.storage.expire(&current).await?;
-                expired += step.expired;
+                *expired += step.expired;
                 rule = step.next;
             }
         }
@@ -132,7 +143,7 @@ impl Sweep {
                     if let ExpireRule::KeepNewest { from, .. } = current {
                         self.walk_from = from;
                     }
-                    return Ok(expired);
+                    return Ok(());
                 }
                 steps += 1;
                 let step = match self.storage.expire(&current).await {
@@ -145,11 +156,11 @@ impl Sweep {
                         return Err(err);
                     }
                 };
-                expired += step.expired;
+                *expired += step.expired;
                 rule = step.next;
             }
         }
-        Ok(expired)
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@ mod open;
 pub mod postgres;
 pub mod retention;
 pub mod sqlite;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub use history::{
 };
 pub use open::{OpenError, StorageSetting, open};
 pub use retention::{ExpireRule, ExpireStep};
+pub use stats::{GroupCommitStats, PoolStats, StorageStats};
 
 /// One completed run, validated and ready to be written by both writes.
 /// Everything a write needs is computed before dispatch (the sha256
@@ -185,4 +187,8 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Proves the backend can durably write right now, with room to spare.
     async fn check_health(&self) -> Result<(), StorageError>;
+
+    /// What only the backend knows, for the metrics; cheap, called at each
+    /// scrape.
+    fn stats(&self) -> StorageStats;
 }

@@ -9,7 +9,8 @@ use runstore::{
     proto::WriteTarget,
     storage::{
         EventHead, EventPage, EventQuery, ExpireRule, ExpireStep, RunRecord, SnapshotPage,
-        SnapshotQuery, Storage, StorageError, StoredManifest, TaskPage, TaskQuery, WriteReceipt,
+        SnapshotQuery, Storage, StorageError, StorageStats, StoredManifest, TaskPage, TaskQuery,
+        WriteReceipt,
     },
 };
 use tokio::sync::{Semaphore, watch};
@@ -108,6 +109,9 @@ impl<H: Hooks> Storage for Hooked<H> {
     async fn check_health(&self) -> Result<(), StorageError> {
         self.hooks.before_health_check().await;
         self.inner.check_health().await
+    }
+    fn stats(&self) -> StorageStats {
+        self.inner.stats()
     }
 }
 

@@ -63,6 +63,7 @@ mod helpers;
 mod lifecycle;
 mod list_tasks;
 mod locking;
+mod metrics;
 mod overload;
 mod postgres;
 mod postgres_server;

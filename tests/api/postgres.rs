@@ -66,6 +66,7 @@ fn runstore_command(storage: &[OsString], extra_args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_runstore"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(extra_args)
         .args(storage)
         .env("RUST_LOG", "info")
@@ -128,10 +129,25 @@ async fn start_runstore_at(
         None,
     ));
     match within("runstore to log \"listening\"", rx).await {
-        Ok(addr) => Runstore {
-            process: ServerProcess { child, addr },
-            logs,
-        },
+        Ok(addr) => {
+            // Logged before "listening", so already collected.
+            let metrics_addr = logs
+                .lock()
+                .expect("logs")
+                .iter()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|event| event["message"] == "metrics listening")
+                .and_then(|event| event["addr"].as_str().map(str::to_owned))
+                .expect("metrics listening, before listening");
+            Runstore {
+                process: ServerProcess {
+                    child,
+                    addr,
+                    metrics_addr,
+                },
+                logs,
+            }
+        }
         Err(_) => {
             let status = within("runstore to exit", child.wait()).await;
             let logs = logs.lock().expect("logs").join("\n");

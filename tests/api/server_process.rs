@@ -17,12 +17,15 @@ use crate::helpers::{TestStore, within};
 pub struct ServerProcess {
     pub child: Child,
     pub addr: String,
+    /// The metrics endpoint's `host:port`.
+    pub metrics_addr: String,
 }
 
 /// Starts the real binary on `store` and waits for its "listening" line.
 pub async fn start_server(store: &TestStore, extra_args: &[&str]) -> ServerProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runstore"))
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(extra_args)
         .args(store.server_args())
         .env("RUST_LOG", "info")
@@ -33,14 +36,20 @@ pub async fn start_server(store: &TestStore, extra_args: &[&str]) -> ServerProce
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let echo = std::env::var_os("TEST_LOG").is_some();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+    let (addr, metrics_addr) = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut metrics_addr = None;
         while let Some(line) = lines.next_line().await.expect("read log") {
             if echo {
                 println!("{line}");
             }
             let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+            let addr = || event["addr"].as_str().expect("addr").to_owned();
+            if event["message"] == "metrics listening" {
+                metrics_addr = Some(addr());
+            }
             if event["message"] == "listening" {
-                return event["addr"].as_str().expect("addr").to_owned();
+                let metrics = metrics_addr.expect("metrics listening, before listening");
+                return (addr(), metrics);
             }
         }
         panic!("runstore exited before listening");
@@ -55,7 +64,11 @@ pub async fn start_server(store: &TestStore, extra_args: &[&str]) -> ServerProce
             }
         }
     });
-    ServerProcess { child, addr }
+    ServerProcess {
+        child,
+        addr,
+        metrics_addr,
+    }
 }
 
 impl ServerProcess {

@@ -26,8 +26,8 @@ pub use url::DatabaseUrl;
 
 use super::{
     EventHead, EventPage, EventQuery, ExpireRule, ExpireStep, RunRecord, SnapshotPage,
-    SnapshotQuery, Storage, StorageError, StoredManifest, Target, TaskPage, TaskQuery,
-    WriteReceipt, location,
+    SnapshotQuery, Storage, StorageError, StorageStats, StoredManifest, Target, TaskPage,
+    TaskQuery, WriteReceipt, location,
 };
 
 /// How the PostgreSQL backend is set up.
@@ -231,5 +231,12 @@ impl Storage for PostgresStorage {
     async fn check_health(&self) -> Result<(), StorageError> {
         self.with_connection(async |conn| queries::probe(conn).await)
             .await
+    }
+
+    fn stats(&self) -> StorageStats {
+        StorageStats {
+            pool: Some(self.connections.stats()),
+            ..StorageStats::default()
+        }
     }
 }

@@ -16,7 +16,7 @@ use super::{
     PostgresSettings,
     errors::{classify_pool, is_unreachable},
 };
-use crate::storage::StorageError;
+use crate::storage::{PoolStats, StorageError};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -83,6 +83,17 @@ impl Connections {
             pool,
             gate: Mutex::default(),
         }))
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let status = self.pool.status();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        PoolStats {
+            max: count(status.max_size),
+            open: count(status.size),
+            in_use: count(status.size.saturating_sub(status.available)),
+            waiting: count(status.waiting),
+        }
     }
 
     /// A pooled connection, or UNAVAILABLE at once while the gate is shut.

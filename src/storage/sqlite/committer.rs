@@ -32,7 +32,7 @@ use super::{
     writes,
 };
 use crate::storage::{
-    RunRecord, StorageError, Target, WriteReceipt,
+    GroupCommitStats, RunRecord, StorageError, Target, WriteReceipt,
     retention::{ExpireRule, ExpireStep},
 };
 
@@ -97,9 +97,10 @@ impl Job {
     }
 }
 
-/// Counters of the committer, for benchmarks and logs.
+/// Counters of the committer, for benchmarks, logs and metrics.
 #[derive(Debug, Default)]
 pub struct CommitStats {
+    pub histograms: GroupCommitStats,
     pub commits: AtomicU64,
     pub writes: AtomicU64,
     /// Calls whose two writes landed in the same commit.
@@ -327,10 +328,19 @@ impl Worker {
         self.stats
             .writes
             .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        let took = started.elapsed();
         self.stats.commit_micros.fetch_add(
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        self.stats
+            .histograms
+            .batch_writes
+            .observe(pending.len() as f64);
+        self.stats
+            .histograms
+            .commit_seconds
+            .observe(took.as_secs_f64());
         let failure = match outcome {
             Ok(results) => {
                 // Watchers are woken before callers are answered: an event

@@ -25,15 +25,14 @@ use std::{path::PathBuf, sync::Arc};
 use async_trait::async_trait;
 
 use checkpointer::Checkpointer;
-pub use committer::CommitStats;
 use committer::Committer;
 pub use connection::{DATABASE_FILE, LockWait, OpenDatabaseError};
 use reads::ReadPool;
 
 use super::{
     EventHead, EventPage, EventQuery, ExpireRule, ExpireStep, RunRecord, SnapshotPage,
-    SnapshotQuery, Storage, StorageError, StoredManifest, Target, TaskPage, TaskQuery,
-    WriteReceipt,
+    SnapshotQuery, Storage, StorageError, StorageStats, StoredManifest, Target, TaskPage,
+    TaskQuery, WriteReceipt,
 };
 
 /// Most incremental-vacuum steps per `reclaim_space` (each
@@ -107,11 +106,6 @@ impl SqliteStorage {
             data_dir: settings.data_dir.clone(),
             required_free_bytes,
         })
-    }
-
-    /// Group-commit counters, for benchmarks and logs.
-    pub fn commit_stats(&self) -> &CommitStats {
-        self.committer.stats()
     }
 
     /// Room for the largest write: free space on the file system plus free
@@ -235,5 +229,17 @@ impl Storage for SqliteStorage {
     async fn check_health(&self) -> Result<(), StorageError> {
         self.committer.probe().await?;
         self.check_room().await
+    }
+
+    fn stats(&self) -> StorageStats {
+        let wal = self
+            .data_dir
+            .join(format!("{}-wal", connection::DATABASE_FILE));
+        StorageStats {
+            group_commit: Some(self.committer.stats().histograms.clone()),
+            // No WAL file yet (or a race with its removal) reads as empty.
+            wal_bytes: Some(std::fs::metadata(wal).map_or(0, |m| m.len())),
+            pool: None,
+        }
     }
 }

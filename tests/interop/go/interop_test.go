@@ -57,7 +57,7 @@ func startServerIn(t *testing.T, dataDir string, extraArgs ...string) *server {
 	if bin == "" {
 		t.Fatal("RUNSTORE_BIN is not set: run tests/interop/go/run, or set it to the server binary")
 	}
-	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-format", "json"}, extraArgs...)
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-format", "json"}, extraArgs...)
 	s := &server{cmd: exec.Command(bin, args...), exited: make(chan struct{})}
 	s.cmd.Stderr = &s.output
 	stdout, err := s.cmd.StdoutPipe()

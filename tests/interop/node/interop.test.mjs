@@ -36,7 +36,7 @@ function within(ms, what, promise) {
 
 before(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "runstore-node-"));
-  server = spawn(RUNSTORE_BIN, ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-format", "json"], {
+  server = spawn(RUNSTORE_BIN, ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-format", "json"], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   serverExit = new Promise((resolve) => server.once("exit", (code, signal) => resolve({ code, signal })));

@@ -44,7 +44,7 @@ def data_dir(tmp_path):
 def server(data_dir):
     """Starts `runstore serve` on a free port; yields its address."""
     proc = subprocess.Popen(
-        [RUNSTORE_BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+        [RUNSTORE_BIN, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--data-dir", str(data_dir),
          "--log-format", "json"],
         stdout=subprocess.PIPE, text=True, encoding="utf-8",
     )

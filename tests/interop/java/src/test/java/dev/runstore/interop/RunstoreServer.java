@@ -84,6 +84,7 @@ final class RunstoreServer implements AutoCloseable {
     List<String> command = new ArrayList<>(List.of(
         binary().toString(), "serve",
         "--listen", "127.0.0.1:0",
+        "--metrics-listen", "127.0.0.1:0",
         "--data-dir", dataDir.toString(),
         "--log-format", "json"));
     command.addAll(List.of(extraArgs));
