@@ -367,15 +367,10 @@ def live(opts):
     problems = []
     server = Server(opts.bin, args, env)
     try:
-        listening = server.wait_for("listening", 30)
-        addr = listening["addr"]
-        print(f"server up at {addr} with the manifest's args: {' '.join(args)}")
-        metrics = listening.get("metrics_addr")
-        if metrics:
-            with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as reply:
-                print(f"GET http://{metrics}/metrics: {reply.status}, {len(reply.read())} bytes")
-        else:
-            problems.append("the listening log line names no metrics_addr (is --metrics-listen in the binary?)")
+        # main.rs logs the metrics address first, then the gRPC one.
+        metrics = server.wait_for("metrics listening", 30)["addr"]
+        addr = server.wait_for("listening", 30)["addr"]
+        print(f"server up at {addr}, metrics at {metrics}, with the manifest's args: {' '.join(args)}")
 
         status, out = probe(opts.probe, addr, LIVENESS)
         print(f"liveness  (service \"\"): exit {status}: {out}")
@@ -391,6 +386,14 @@ def live(opts):
         print(f"readiness (service {READINESS}): exit {status}: {out}")
         if status != 0:
             problems.append(f"readiness service {READINESS!r} not SERVING: {out}")
+        # The metrics port the manifests expose serves, and agrees.
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as reply:
+            body = reply.read().decode()
+        ready = re.search(r"^runstore_storage_ready (\S+)$", body, re.M)
+        print(f"GET http://{metrics}/metrics: {reply.status}, {len(body)} bytes, "
+              f"runstore_storage_ready {ready.group(1) if ready else 'missing'}")
+        if not ready or float(ready.group(1)) != 1:
+            problems.append("/metrics does not report runstore_storage_ready 1 while ready")
         # Negative control: the probe does tell an unknown service apart.
         status, out = probe(opts.probe, addr, READINESS + "X")
         print(f"control   (service {READINESS}X): exit {status}: {out}")
@@ -415,7 +418,7 @@ def live(opts):
                 problems.append(f"exit status {code} after SIGTERM")
         except subprocess.TimeoutExpired:
             problems.append(f"still running {period}s after SIGTERM: the kubelet would SIGKILL it")
-    except RuntimeError as err:
+    except (RuntimeError, OSError) as err:
         problems.append(str(err))
     finally:
         server.stop()
