@@ -1,6 +1,7 @@
 //! The metrics endpoint of the real binary: after a few calls of each kind,
 //! a scrape shows the right series moved by the right amounts, and no label
-//! names a task or a run.
+//! names a task or a run; the sweep's series move as runs expire. (Calls in
+//! flight and shed: `overload.rs`.)
 
 use std::collections::HashMap;
 
@@ -40,7 +41,7 @@ async fn scrape_text(addr: &str) -> String {
 }
 
 /// Every sample, keyed by its series (`name{labels}`).
-fn samples(text: &str) -> HashMap<String, f64> {
+pub fn samples(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
         .map(|line| {
@@ -50,7 +51,8 @@ fn samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
+/// A series' value; 0 when it is not there (yet).
+pub fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
     samples.get(series).copied().unwrap_or(0.0)
 }
 
@@ -200,3 +202,33 @@ async fn a_scrape_counts_each_kind_of_call(backend: Backend) {
     }
 }
 contract_test!(a_scrape_counts_each_kind_of_call);
+
+async fn the_sweep_counts_the_runs_it_expires(backend: Backend) {
+    let store = TestStore::fresh(backend);
+    let server = start_server(&store, &["--retain-runs", "1", "--sweep-interval", "100ms"]).await;
+    let mut client = server.client().await;
+    for i in 0..3 {
+        client
+            .complete_run(complete_request(
+                "metrics-expiring",
+                &format!("r{i}"),
+                &ts(i),
+            ))
+            .await
+            .expect("CompleteRun");
+    }
+    // The newest run stays; the two before it expire at a sweep.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (expired, sweeps) = loop {
+        let now = samples(&scrape_text(&server.metrics_addr).await);
+        let expired = value(&now, "runstore_runs_expired_total");
+        let sweeps = value(&now, "runstore_sweep_duration_seconds_count");
+        if expired >= 2.0 || tokio::time::Instant::now() > deadline {
+            break (expired, sweeps);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(expired, 2.0, "two runs expired");
+    assert!(sweeps >= 1.0, "at least one sweep timed: {sweeps}");
+}
+contract_test!(the_sweep_counts_the_runs_it_expires);

@@ -1,28 +1,32 @@
 //! Beyond the in-flight limit, calls are refused at once with
 //! RESOURCE_EXHAUSTED instead of piling up; memory stays bounded in a burst.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use runstore::{
     proto::{CompleteRunRequest, Outcome, persistence_service_client::PersistenceServiceClient},
-    server::ServerSettings,
+    server::{ServerSettings, metrics::Metrics},
 };
 use tonic::Code;
 
 use crate::{
     held_storage::{HeldStorage, Hold},
     helpers::{Backend, Table, TestStore, complete_request, fast_settings, spawn_app_with, ts},
+    metrics::{samples, value},
     server_process::start_server,
 };
 
 async fn calls_beyond_the_limit_get_resource_exhausted_at_once(backend: Backend) {
     let store = TestStore::fresh(backend);
     let storage = HeldStorage::new(&store, true, Hold::Manifests).await;
+    let metrics = Arc::new(Metrics::new());
     let settings = ServerSettings {
         max_in_flight: 4,
+        metrics: Arc::clone(&metrics),
         ..fast_settings()
     };
     let app = spawn_app_with(store, storage.clone(), settings).await;
+    let series = |name: &str| value(&samples(&metrics.encode()), name);
 
     // Fill every slot with a call held mid-write.
     let held: Vec<_> = (0..4)
@@ -48,6 +52,12 @@ async fn calls_beyond_the_limit_get_resource_exhausted_at_once(backend: Backend)
         "{}",
         err.message()
     );
+    assert_eq!(series("runstore_calls_in_flight"), 4.0);
+    assert_eq!(series("runstore_calls_shed_total"), 1.0);
+    assert_eq!(
+        series("runstore_rpc_requests_total{method=\"CompleteRun\",code=\"RESOURCE_EXHAUSTED\"}"),
+        1.0
+    );
     let db = app.db();
     assert!(db.row(Table::Manifests, "busy", "one-too-many").is_none());
     assert!(
@@ -68,6 +78,8 @@ async fn calls_beyond_the_limit_get_resource_exhausted_at_once(backend: Backend)
     storage.release(1);
     let reply = app.complete_run("busy", "after", &ts(10)).await;
     assert_eq!(reply.outcome(), Outcome::AllWritten);
+    assert_eq!(series("runstore_calls_in_flight"), 0.0);
+    assert_eq!(series("runstore_calls_shed_total"), 1.0);
 }
 contract_test!(calls_beyond_the_limit_get_resource_exhausted_at_once);
 
