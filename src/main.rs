@@ -6,7 +6,8 @@ use clap::Parser;
 use runstore::{
     config::{Cli, Command, ServeArgs},
     server::{self, metrics},
-    storage, telemetry,
+    storage::{self, deferred::DeferredStorage},
+    telemetry,
 };
 use tokio::net::TcpListener;
 
@@ -21,7 +22,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, std::io::stdout);
     let settings = args.server_settings()?;
     let setting = args.storage_setting()?;
-    let storage = storage::open(&setting).await.context("opening storage")?;
+    let storage = match storage::open(&setting).await {
+        Ok(storage) => storage,
+        // An outage or a full disk: serve probes (live, not ready) and keep
+        // trying, so an orchestrator waits for the pod instead of
+        // restarting it.
+        Err(err) if err.is_transient() => {
+            tracing::warn!(error = %err, "storage is not open yet: serving unready while retrying");
+            DeferredStorage::open_in_background(setting, &err)
+        }
+        Err(err) => return Err(err).context("opening storage"),
+    };
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(args.listen)
         .await

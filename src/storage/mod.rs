@@ -3,6 +3,9 @@
 //! nothing of SQL.
 //!
 //! - [`open`](open()): the factory that builds a backend from the storage setting.
+//! - [`deferred`]: a store still opening at start-up (an outage, a full
+//!   disk), so the server waits unready instead of exiting.
+//! - [`backoff`]: jittered, growing delays between attempts to reach a store.
 //! - [`history`]: the ordering key of a task's runs and the page types.
 //! - [`events`]: the change feed's cursor and events.
 //! - [`migrations`]: the versioned schema of both backends.
@@ -10,6 +13,8 @@
 //! - [`sqlite`]: the embedded default, group-committed SQLite.
 //! - [`postgres`]: PostgreSQL, for stateless replicas sharing one database.
 
+mod backoff;
+pub mod deferred;
 pub mod events;
 pub mod history;
 pub mod migrations;

@@ -26,6 +26,17 @@ pub enum OpenError {
     Postgres(#[from] PostgresOpenError),
 }
 
+impl OpenError {
+    /// Whether a later attempt may succeed with the same settings (an
+    /// outage, a full disk), so the server should wait unready, not exit.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Sqlite(err) => err.is_transient(),
+            Self::Postgres(err) => err.is_transient(),
+        }
+    }
+}
+
 /// Opens the backend `setting` names, ready to serve.
 pub async fn open(setting: &StorageSetting) -> Result<Arc<dyn Storage>, OpenError> {
     match setting {

@@ -22,9 +22,12 @@ use runstore::proto::{CompleteRunRequest, CompleteRunResponse, Outcome, WriteSta
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{
-    Backend, LIVENESS, SERVICE_NAME, TestApp, TestStore, skipped, spawn_app_with, summary_for, ts,
-    wait_for_service, with_summary_limit,
+use crate::{
+    helpers::{
+        Backend, LIVENESS, SERVICE_NAME, TestApp, TestStore, health, skipped, spawn_app_with,
+        summary_for, ts, wait_for_service, with_summary_limit,
+    },
+    server_process::start_server,
 };
 
 /// A small limit, so the free-space rule fits a small tmpfs.
@@ -286,3 +289,83 @@ async fn a_full_disk_fails_writes_as_resource_exhausted_and_recovers(backend: Ba
     drop(mount);
 }
 contract_test!(a_full_disk_fails_writes_as_resource_exhausted_and_recovers);
+
+/// A pod that starts on a full disk waits unready instead of exiting (and
+/// being restarted in a loop): the real binary on a fresh data dir inside
+/// a full tmpfs serves probes (live, not ready) and answers writes
+/// UNAVAILABLE; once there is room it creates and migrates the database
+/// and serves, with no restart.
+async fn a_server_started_on_a_full_disk_waits_unready_until_there_is_room(backend: Backend) {
+    const TEST: &str =
+        "disk_full::a_server_started_on_a_full_disk_waits_unready_until_there_is_room";
+    if !backend.stores_in_data_dir() {
+        return skipped(TEST, "the backend keeps its data outside the data dir");
+    }
+    let root = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let mount_point = root.path().join("fs");
+    let mount = match mount_tmpfs(&mount_point, TMPFS_SIZE) {
+        Ok(mount) => mount,
+        Err(reason) => return skipped(TEST, &format!("cannot mount a tmpfs: {reason}")),
+    };
+    let filler = mount_point.join("filler");
+    fill(&filler);
+    let store = TestStore::at(backend, Arc::clone(&root), mount_point.join("data"));
+    let limit = SUMMARY_LIMIT.to_string();
+    let server = start_server(
+        &store,
+        &["--health-interval", "200ms", "--max-summary-bytes", &limit],
+    )
+    .await;
+    let pid = server.pid();
+    let channel = server.channel().await;
+    let mut client = server.client().await;
+    wait_for_service(&channel, LIVENESS, ServingStatus::Serving).await;
+    for secs in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            health(&channel, SERVICE_NAME).await,
+            ServingStatus::NotServing
+        );
+        let reply = client
+            .complete_run(sized_request(&format!("full-{secs}"), secs, 4096))
+            .await
+            .expect("CompleteRun answers OK with failed writes")
+            .into_inner();
+        assert_eq!(reply.outcome(), Outcome::NoneWritten, "{reply:?}");
+        let manifest = reply.manifest.as_ref().expect("manifest");
+        assert_eq!(manifest.code, "UNAVAILABLE", "{manifest:?}");
+        assert!(manifest.retryable, "{manifest:?}");
+        assert!(manifest.message.contains("not open yet"), "{manifest:?}");
+    }
+
+    std::fs::remove_file(&filler).expect("remove filler");
+    wait_for_service(&channel, SERVICE_NAME, ServingStatus::Serving).await;
+    let request = sized_request("room", 10, 4096);
+    let reply = client
+        .complete_run(request.clone())
+        .await
+        .expect("CompleteRun")
+        .into_inner();
+    assert_eq!(
+        reply.outcome(),
+        Outcome::AllWritten,
+        "{:?}",
+        reply.primary_error
+    );
+    let stored = client
+        .get_manifest(runstore::proto::GetManifestRequest {
+            task_id: "full".into(),
+            run_id: "room".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetManifest")
+        .into_inner();
+    assert_eq!(stored.summary_json, request.summary_json);
+    assert_eq!(health(&channel, LIVENESS).await, ServingStatus::Serving);
+    assert_eq!(server.pid(), pid, "the same process throughout");
+    let status = server.terminate().await;
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    drop(mount);
+}
+contract_test!(a_server_started_on_a_full_disk_waits_unready_until_there_is_room);

@@ -1073,3 +1073,98 @@ async fn database_outage_fails_writes_fast_and_recovers_without_restart() {
     )
     .await
 }
+
+/// A pod that starts while its database is down waits unready: it serves
+/// probes (live, not ready) and answers calls UNAVAILABLE, then opens the
+/// store once the database is back, with no restart.
+async fn a_server_started_during_an_outage_waits_unready_until_the_database_is_up_body() {
+    let cluster = PrivateCluster::start(&[]).await;
+    let db = cluster.create_database().await;
+    cluster.stop("fast").await;
+    let server = start_runstore(&db, &["--health-interval", "200ms"]).await;
+    let pid = server.process.pid();
+    let channel = server.process.channel().await;
+    wait_for_service(&channel, LIVENESS, ServingStatus::Serving).await;
+    let mut client = server.process.client().await;
+
+    // Down: several probes and calls, all unready and retryable.
+    let mut probes = 0;
+    for secs in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            health(&channel, SERVICE_NAME).await,
+            ServingStatus::NotServing
+        );
+        assert_eq!(health(&channel, LIVENESS).await, ServingStatus::Serving);
+        probes += 1;
+        let reply = within(
+            "CompleteRun while the database is down",
+            client.complete_run(complete_request("t", &format!("down-{secs}"), &ts(secs))),
+        )
+        .await
+        .expect("CompleteRun answers OK with failed writes")
+        .into_inner();
+        assert_eq!(reply.outcome(), Outcome::NoneWritten, "{reply:?}");
+        for status in [&reply.snapshot, &reply.manifest] {
+            let status = status.as_ref().expect("status");
+            assert_eq!(status.code, "UNAVAILABLE", "{status:?}");
+            assert!(status.retryable, "{status:?}");
+            assert!(status.message.contains("not open yet"), "{status:?}");
+        }
+    }
+    assert_eq!(
+        server
+            .events("storage is not open yet: serving unready while retrying")
+            .len(),
+        1
+    );
+    let mut process = server.process;
+    assert!(
+        process.child.try_wait().expect("try_wait").is_none(),
+        "the server stays up"
+    );
+
+    // Up: the store opens, readiness follows, writes succeed.
+    let start_issued = Instant::now();
+    cluster.start_again().await;
+    wait_for_service(&channel, SERVICE_NAME, ServingStatus::Serving).await;
+    let ready_after = start_issued.elapsed();
+    let reply = client
+        .complete_run(complete_request("t", "up", &ts(10)))
+        .await
+        .expect("CompleteRun")
+        .into_inner();
+    assert_eq!(reply.outcome(), Outcome::AllWritten, "{reply:?}");
+    let stored = client
+        .get_task_snapshot(runstore::proto::GetTaskSnapshotRequest {
+            task_id: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetTaskSnapshot")
+        .into_inner();
+    let runs: Vec<&str> = stored.runs.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(
+        runs,
+        ["up"],
+        "nothing of the calls made while down was written"
+    );
+    assert_eq!(process.pid(), pid, "the same process throughout");
+    println!(
+        "started during an outage: {probes} probes NOT_SERVING while down; \
+         ready {} ms after `pg_ctl start` was issued",
+        ready_after.as_millis()
+    );
+    let status = process.terminate().await;
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_started_during_an_outage_waits_unready_until_the_database_is_up() {
+    within_test_limit(
+        "postgres::a_server_started_during_an_outage_waits_unready_until_the_database_is_up",
+        a_server_started_during_an_outage_waits_unready_until_the_database_is_up_body(),
+    )
+    .await
+}

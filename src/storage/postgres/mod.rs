@@ -60,6 +60,24 @@ pub enum PostgresOpenError {
     },
 }
 
+impl PostgresOpenError {
+    /// Whether opening may succeed later without anyone changing the
+    /// configuration: the database is down, starting, or out of
+    /// connections. A bad URL, a refused login or a server that is not
+    /// durable stops the server at start-up.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect { source, .. } | Self::Migrate(source) => matches!(
+                source,
+                StorageError::Unavailable(_)
+                    | StorageError::Exhausted(_)
+                    | StorageError::Aborted(_)
+            ),
+            Self::Pool(_) | Self::NotDurable { .. } => false,
+        }
+    }
+}
+
 pub struct PostgresStorage {
     connections: Arc<Connections>,
     notifier: notify::EventNotifier,

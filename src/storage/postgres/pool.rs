@@ -16,10 +16,7 @@ use super::{
     PostgresSettings,
     errors::{classify_pool, is_unreachable},
 };
-use crate::storage::{PoolStats, StorageError};
-
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+use crate::storage::{PoolStats, StorageError, backoff};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolBuildError {
@@ -139,10 +136,7 @@ impl Connections {
                 return;
             }
             gate.failures = gate.failures.saturating_add(1);
-            let backoff = FIRST_BACKOFF
-                .saturating_mul(1 << gate.failures.min(16).saturating_sub(1))
-                .min(MAX_BACKOFF);
-            gate.retry_at = Some(Instant::now() + jittered(backoff));
+            gate.retry_at = Some(Instant::now() + backoff::delay_after(gate.failures));
         }
     }
 
@@ -152,19 +146,6 @@ impl Connections {
         (!wait.is_zero()).then_some(wait)
     }
 }
-/// Between half and all of `backoff`, so replicas that lost the database
-/// together do not reconnect in step.
-fn jittered(backoff: Duration) -> Duration {
-    let noise = u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos(),
-    );
-    let half = backoff / 2;
-    half + Duration::from_nanos(noise % (half.as_nanos().max(1) as u64))
-}
-
 /// Server certificates are checked against the Mozilla roots, plus the PEM
 /// CA file given, when the URL's `sslmode` makes the connection use TLS
 /// (`prefer`, the default, uses it when the server offers it; `require`

@@ -73,6 +73,42 @@ pub enum SqliteOpenError {
     Thread(#[from] std::io::Error),
 }
 
+impl SqliteOpenError {
+    /// Whether opening may succeed later without anyone changing the
+    /// configuration: a full disk, an I/O error, another process holding the
+    /// lock. A missing permission or a file where the data dir should be
+    /// will not fix itself, and stops the server at start-up.
+    pub fn is_transient(&self) -> bool {
+        let sqlite_code = |err: &rusqlite::Error| {
+            matches!(
+                err.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::SystemIoFailure
+                        | rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                )
+            )
+        };
+        let io = |err: &std::io::Error| {
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) || err.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error())
+        };
+        match self {
+            Self::Open(
+                OpenDatabaseError::CreateDir { source, .. }
+                | OpenDatabaseError::CreateFile { source, .. },
+            ) => io(source),
+            Self::Open(OpenDatabaseError::Sqlite { source, .. }) | Self::Migrate { source, .. } => {
+                sqlite_code(source)
+            }
+            Self::Open(OpenDatabaseError::NotADirectory { .. }) | Self::Thread(_) => false,
+        }
+    }
+}
+
 impl SqliteStorage {
     /// Creates the data dir and database if missing, migrates the schema and
     /// starts the committer.
