@@ -13,18 +13,15 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Backup(args) => backup(&args),
     }
 }
 
 /// One line on stdout saying what was copied; errors exit non-zero.
 fn backup(args: &BackupArgs) -> anyhow::Result<()> {
-    let report = storage::sqlite::backup::backup(
-        &args.sqlite.data_dir,
-        &args.to,
-        args.sqlite.lock_wait(),
-    )?;
+    let report =
+        storage::sqlite::backup::backup(&args.sqlite.data_dir, &args.to, args.sqlite.lock_wait())?;
     println!(
         "backed up {} to {}: {} bytes, schema version {}, {} runs, {:.3}s",
         report.source.display(),

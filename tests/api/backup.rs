@@ -3,7 +3,8 @@
 //! the backup began (byte for byte, through a second server started on it:
 //! the restore), and is a snapshot (the source goes on growing). It refuses
 //! to overwrite a file, to back up a database that is not there (creating
-//! nothing) or one whose schema is newer than the binary.
+//! nothing) or one whose schema is newer than the binary; and its long read
+//! never stalls the server's writes.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -68,7 +69,13 @@ async fn run_backup(data_dir: &Path, to: &Path) -> Output {
 fn partial_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .expect("read dir")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|name| name.contains(".partial-"))
         .collect()
 }
@@ -160,7 +167,11 @@ async fn a_backup_under_load_holds_every_run_acknowledged_before_it(backend: Bac
     stop.store(true, Ordering::Relaxed);
     let mut log = Vec::new();
     for writer in writers {
-        log.extend(within("a writer to stop", writer).await.expect("writer task"));
+        log.extend(
+            within("a writer to stop", writer)
+                .await
+                .expect("writer task"),
+        );
     }
     let source_runs = manifest_count(&store.data_dir().join(DATABASE_FILE));
     let source_cursor = newest_cursor(&store.data_dir().join(DATABASE_FILE));
@@ -228,7 +239,11 @@ async fn a_backup_under_load_holds_every_run_acknowledged_before_it(backend: Bac
         let reply = reply
             .unwrap_or_else(|status| panic!("{}/{}: {status}", request.task_id, request.run_id))
             .into_inner();
-        assert_eq!(reply.summary_json, request.summary_json, "{}", request.run_id);
+        assert_eq!(
+            reply.summary_json, request.summary_json,
+            "{}",
+            request.run_id
+        );
         assert_eq!(reply.sha256, sha256_hex(request.summary_json.as_bytes()));
     }
     let mut by_task: BTreeMap<&str, Vec<&CompleteRunRequest>> = BTreeMap::new();
@@ -250,7 +265,11 @@ async fn a_backup_under_load_holds_every_run_acknowledged_before_it(backend: Bac
             .expect("GetTaskSnapshot");
         restored_runs += runs.len();
         for run in &runs {
-            assert!(sent.contains(&(*task, run.run_id.as_str())), "{}", run.run_id);
+            assert!(
+                sent.contains(&(*task, run.run_id.as_str())),
+                "{}",
+                run.run_id
+            );
         }
         let summaries: BTreeMap<&str, &str> = runs
             .iter()
@@ -265,7 +284,10 @@ async fn a_backup_under_load_holds_every_run_acknowledged_before_it(backend: Bac
             );
         }
     }
-    assert_eq!(restored_runs as i64, copy_runs, "snapshot entries = manifests");
+    assert_eq!(
+        restored_runs as i64, copy_runs,
+        "snapshot entries = manifests"
+    );
     assert_eq!(server.terminate().await.code(), Some(0));
     cursors_from_before_the_restore_are_fenced_off(&restored, source_cursor).await;
 
@@ -331,7 +353,11 @@ async fn cursors_from_before_the_restore_are_fenced_off(restored: &TestStore, ol
         .expect("WatchRuns")
         .into_inner();
     client
-        .complete_run(complete_request("after-restore", "r", &crate::helpers::ts(0)))
+        .complete_run(complete_request(
+            "after-restore",
+            "r",
+            &crate::helpers::ts(0),
+        ))
         .await
         .expect("CompleteRun");
     let event = within("the live watch's event", live.next())
@@ -411,9 +437,82 @@ async fn a_backup_refuses_a_newer_schema(backend: Backend) {
     let target = store.root().join("copy.db");
     let output = run_backup(store.data_dir(), &target).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "backup of a newer schema succeeded");
+    assert!(
+        !output.status.success(),
+        "backup of a newer schema succeeded"
+    );
     assert!(stderr.contains("schema version 1000, newer"), "{stderr}");
     assert!(!target.exists());
     assert_eq!(partial_files(store.root()), Vec::<String>::new());
 }
 contract_test!(a_backup_refuses_a_newer_schema, sqlite_only);
+
+/// A summary of the fixture's shape padded to about `bytes`.
+fn padded_request(task_id: &str, run_id: &str, bytes: usize) -> CompleteRunRequest {
+    let mut request = complete_request(task_id, run_id, &crate::helpers::ts(0));
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&request.summary_json).expect("summary JSON");
+    doc["padding"] = "x".repeat(bytes).into();
+    request.summary_json = doc.to_string();
+    request
+}
+
+/// A backup's read holds one snapshot for as long as the copy takes, so the
+/// WAL cannot start over and grows past the size where the checkpointer
+/// forces a restart. That restart holds the write lock while it waits for
+/// readers: it must give up soon, not stall every commit for the lock
+/// timeout (5 s) each round. The test holds such a read itself (as a long
+/// VACUUM INTO would) while 48 MiB of writes go through.
+async fn a_long_backup_read_never_stalls_writes(backend: Backend) {
+    let store = TestStore::fresh(backend);
+    let server = start_server(&store, &[]).await;
+    let mut client = server.client().await;
+    client
+        .complete_run(complete_request("t", "first", &crate::helpers::ts(0)))
+        .await
+        .expect("CompleteRun");
+    let reader = rusqlite::Connection::open(store.data_dir().join(DATABASE_FILE)).expect("open");
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM manifests;")
+        .expect("a read transaction");
+
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    let mut calls = 0;
+    // 24 runs of 1 MiB (2 MiB of WAL each), then small ones for a few
+    // checkpointer rounds.
+    while calls < 24 || started.elapsed() < Duration::from_secs(3) {
+        let request = if calls < 24 {
+            padded_request("big", &format!("r{calls:03}"), 1 << 20)
+        } else {
+            complete_request("small", &format!("r{calls:05}"), &crate::helpers::ts(0))
+        };
+        let call = Instant::now();
+        let reply = within(
+            "a CompleteRun during a long read",
+            client.complete_run(request),
+        )
+        .await
+        .expect("CompleteRun")
+        .into_inner();
+        slowest = slowest.max(call.elapsed());
+        assert!(
+            reply.primary_error.is_none(),
+            "a write failed during a long read: {:?}",
+            reply.primary_error
+        );
+        calls += 1;
+    }
+    let wal = std::fs::metadata(store.data_dir().join(format!("{DATABASE_FILE}-wal")))
+        .expect("the WAL")
+        .len();
+    reader.execute_batch("COMMIT").expect("end the read");
+    assert_eq!(server.terminate().await.code(), Some(0));
+    println!("long read: calls={calls} slowest={slowest:?} wal_bytes={wal}");
+    assert!(wal > 32 << 20, "the WAL grew past the restart size: {wal}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a write took {slowest:?} while a read held an old snapshot"
+    );
+}
+contract_test!(a_long_backup_read_never_stalls_writes, sqlite_only);

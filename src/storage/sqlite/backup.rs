@@ -122,26 +122,25 @@ pub fn backup(
 /// Refuses a database this binary does not know the schema of: its copy
 /// could not be checked, nor served by this release.
 fn check_schema(conn: &Connection, path: &Path) -> Result<(), BackupError> {
-    let found: Option<i64> = match conn.query_row(
-        "SELECT MAX(version) FROM schema_migrations",
-        [],
-        |row| row.get(0),
-    ) {
-        Ok(found) => found,
-        // A database file the server created but has not migrated yet.
-        Err(rusqlite::Error::SqliteFailure(_, Some(message)))
-            if message.starts_with("no such table") =>
-        {
-            None
-        }
-        Err(source) => {
-            return Err(BackupError::Sqlite {
-                action: "reading the schema version of",
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
+    let found: Option<i64> =
+        match conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
+            row.get(0)
+        }) {
+            Ok(found) => found,
+            // A database file the server created but has not migrated yet.
+            Err(rusqlite::Error::SqliteFailure(_, Some(message)))
+                if message.starts_with("no such table") =>
+            {
+                None
+            }
+            Err(source) => {
+                return Err(BackupError::Sqlite {
+                    action: "reading the schema version of",
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
     let known = migrations::latest(MIGRATIONS);
     match found {
         None => Err(BackupError::NoSchema {
