@@ -65,7 +65,7 @@ impl SqliteArgs {
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// The file to write the copy to; it must not exist yet.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub to: PathBuf,
 
     #[command(flatten)]

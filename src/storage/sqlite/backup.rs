@@ -162,7 +162,8 @@ fn check_copy(path: &Path) -> Result<(i64, i64), BackupError> {
         path: path.to_path_buf(),
         source,
     };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(err)?;
+    // VACUUM INTO writes a rollback-journal database: no -shm needed to read it.
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
     let report: Vec<String> = conn
         .prepare("PRAGMA quick_check")
         .map_err(err)?
