@@ -462,7 +462,8 @@ fn padded_request(task_id: &str, run_id: &str, bytes: usize) -> CompleteRunReque
 /// forces a restart. That restart holds the write lock while it waits for
 /// readers: it must give up soon, not stall every commit for the lock
 /// timeout (5 s) each round. The test holds such a read itself (as a long
-/// VACUUM INTO would) while 48 MiB of writes go through.
+/// VACUUM INTO would) while 24 MiB of summaries (48 MiB of rows) and then
+/// small writes for 3 s go through.
 async fn a_long_backup_read_never_stalls_writes(backend: Backend) {
     let store = TestStore::fresh(backend);
     let server = start_server(&store, &[]).await;
