@@ -34,7 +34,42 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Copy the SQLite database to a new file, consistently, while it serves.
+    Backup(BackupArgs),
+}
+
+/// Where the SQLite database is and how long to wait for its locks: shared
+/// by `serve` and `backup`, so both find the same file.
+#[derive(Debug, Args)]
+pub struct SqliteArgs {
+    /// Data directory holding the SQLite database (runstore.db); `serve`
+    /// creates it if missing.
+    #[arg(long, env = "RUNSTORE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// How long a write waits for another process's lock on the database
+    /// before it fails with ABORTED (retryable).
+    #[arg(long, env = "RUNSTORE_LOCK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+impl SqliteArgs {
+    pub fn lock_wait(&self) -> LockWait {
+        LockWait {
+            timeout: self.lock_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The file to write the copy to; it must not exist yet.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+
+    #[command(flatten)]
+    pub sqlite: SqliteArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,14 +97,8 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTORE_STORAGE", hide_env_values = true)]
     pub storage: Option<StorageArg>,
 
-    /// Data directory holding the SQLite database (runstore.db); created if missing.
-    #[arg(long, env = "RUNSTORE_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-
-    /// How long a write waits for another process's lock on the database
-    /// before it fails with ABORTED (retryable).
-    #[arg(long, env = "RUNSTORE_LOCK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub lock_timeout: Duration,
+    #[command(flatten)]
+    pub sqlite: SqliteArgs,
 
     /// Largest accepted summary_json, in bytes.
     #[arg(long, env = "RUNSTORE_MAX_SUMMARY_BYTES", default_value_t = DEFAULT_MAX_SUMMARY_BYTES)]
@@ -197,11 +226,9 @@ impl ServeArgs {
     pub fn storage_setting(&self) -> Result<StorageSetting, ConfigError> {
         let Some(StorageArg(value)) = &self.storage else {
             return Ok(StorageSetting::Sqlite(SqliteSettings {
-                data_dir: self.data_dir.clone(),
+                data_dir: self.sqlite.data_dir.clone(),
                 max_summary_bytes: self.max_summary_bytes,
-                lock_wait: LockWait {
-                    timeout: self.lock_timeout,
-                },
+                lock_wait: self.sqlite.lock_wait(),
             }));
         };
         let url = DatabaseUrl::parse(value).ok_or(ConfigError::Storage)?;

@@ -1,10 +1,10 @@
 //! The `runstore` binary: parses config, starts the server, waits for
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT; or copies the SQLite database (`backup`).
 
 use anyhow::Context;
 use clap::Parser;
 use runstore::{
-    config::{Cli, Command, ServeArgs},
+    config::{BackupArgs, Cli, Command, ServeArgs},
     server::{self, metrics},
     storage::{self, deferred::DeferredStorage},
     telemetry,
@@ -14,8 +14,25 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
+        Command::Backup(args) => backup(&args),
     }
+}
+
+/// One line on stdout saying what was copied; errors exit non-zero.
+fn backup(args: &BackupArgs) -> anyhow::Result<()> {
+    let report =
+        storage::sqlite::backup::backup(&args.sqlite.data_dir, &args.to, args.sqlite.lock_wait())?;
+    println!(
+        "backed up {} to {}: {} bytes, schema version {}, {} runs, {:.3}s",
+        report.source.display(),
+        report.target.display(),
+        report.bytes,
+        report.schema_version,
+        report.runs,
+        report.elapsed.as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -49,7 +66,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     tracing::info!(
         addr = %listener.local_addr()?,
-        data_dir = %args.data_dir.display(),
+        data_dir = %args.sqlite.data_dir.display(),
         tls = args.tls_cert.is_some(),
         mutual_tls = args.tls_client_ca.is_some(),
         auth = args.auth_tokens_file.is_some(),

@@ -50,6 +50,7 @@ macro_rules! contract_test {
     };
 }
 
+mod backup;
 mod compression;
 mod concurrency;
 mod crash;

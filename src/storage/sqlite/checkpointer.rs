@@ -12,12 +12,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::connection::{LockWait, open_connection};
+use rusqlite::Connection;
+
+use super::connection::{LockWait, install_busy_handler, open_connection};
 
 /// How often the WAL is checkpointed.
 const INTERVAL: Duration = Duration::from_millis(250);
 /// WAL frames (pages) past which the WAL is restarted: about 32 MiB.
 const RESTART_FRAMES: i64 = 8192;
+/// Longest a RESTART waits, for the write lock and then for readers. It
+/// holds the write lock while it waits for readers, and one on an old
+/// snapshot (`runstore backup`'s long read) never leaves in time: a full
+/// lock timeout there would stall every commit that long, each round.
+const RESTART_WAIT: Duration = Duration::from_millis(50);
 
 /// Dropping it stops the thread after one last checkpoint.
 pub struct Checkpointer {
@@ -48,7 +55,7 @@ impl Drop for Checkpointer {
 }
 
 fn run(path: &std::path::Path, lock_wait: LockWait, stopped: &mpsc::Receiver<()>) {
-    let conn = match open_connection(path, lock_wait) {
+    let mut conn = match open_connection(path, lock_wait) {
         Ok(conn) => conn,
         Err(err) => {
             tracing::error!(error = %err, "WAL checkpointer cannot open the database; SQLite will not checkpoint");
@@ -77,7 +84,7 @@ fn run(path: &std::path::Path, lock_wait: LockWait, stopped: &mpsc::Receiver<()>
         // commit's fsync cheaper than growing it would (journal_size_limit
         // trims what is past 64 MiB).
         if matches!(result, Ok((_, frames, _)) if frames > RESTART_FRAMES)
-            && let Err(err) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+            && let Err(err) = restart(&mut conn, lock_wait)
         {
             tracing::warn!(error = %err, "WAL restart failed");
         }
@@ -95,4 +102,18 @@ fn run(path: &std::path::Path, lock_wait: LockWait, stopped: &mpsc::Receiver<()>
             return;
         }
     }
+}
+
+/// A RESTART checkpoint bounded by [`RESTART_WAIT`]; one that gives up is
+/// tried again next round.
+fn restart(conn: &mut Connection, lock_wait: LockWait) -> rusqlite::Result<()> {
+    install_busy_handler(
+        conn,
+        LockWait {
+            timeout: RESTART_WAIT,
+        },
+    )?;
+    let result = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+    install_busy_handler(conn, lock_wait)?;
+    result
 }

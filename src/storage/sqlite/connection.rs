@@ -188,7 +188,7 @@ pub fn open_write_connection(
     Ok(conn)
 }
 
-fn install_busy_handler(conn: &mut Connection, lock_wait: LockWait) -> rusqlite::Result<()> {
+pub fn install_busy_handler(conn: &mut Connection, lock_wait: LockWait) -> rusqlite::Result<()> {
     let mut waiting_since: Option<Instant> = None;
     conn.busy_handler(Some(move |attempt: i32| {
         // `attempt` restarts at 0 for every new wait.

@@ -7,11 +7,13 @@
 //! - [`checkpointer`]: WAL checkpoints off the commit path.
 //! - [`writes`] / [`reads`]: the SQL.
 //! - [`errors`]: SQLite result codes as storage error kinds.
+//! - [`backup`]: `runstore backup`, a consistent copy while serving.
 //!
 //! Several processes may share a data dir on a local file system: SQLite's
 //! file locks serialise their commits. Network file systems are not
 //! supported (their locking and fsync are not what SQLite needs).
 
+pub mod backup;
 mod checkpointer;
 mod committer;
 mod connection;
