@@ -77,5 +77,6 @@ mod security;
 mod server_process;
 mod shutdown_load;
 mod space;
+mod traces;
 mod validation;
 mod watch_runs;
