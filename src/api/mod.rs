@@ -33,11 +33,11 @@ use crate::{
         deadline,
         metrics::Metrics,
     },
-    telemetry::traces,
     storage::{
         self, EventHead, EventQuery, RunRecord, SnapshotQuery, Storage, StorageError, Target,
         TaskQuery,
     },
+    telemetry::traces,
 };
 use error::ApiError;
 use page_token::SnapshotToken;
@@ -591,7 +591,8 @@ impl PersistenceService for PersistenceApi {
         request: Request<CompleteRunRequest>,
     ) -> Result<Response<CompleteRunResponse>, Status> {
         let (metadata, extensions, req) = request.into_parts();
-        let span = rpc_span!(&metadata, "CompleteRun", task_id = ?req.task_id, run_id = ?req.run_id);
+        let span =
+            rpc_span!(&metadata, "CompleteRun", task_id = ?req.task_id, run_id = ?req.run_id);
         self.answered("CompleteRun", span, async {
             require(&extensions, Scope::Write, "CompleteRun")?;
             let deadline = deadline::budget(&metadata);
@@ -605,7 +606,8 @@ impl PersistenceService for PersistenceApi {
         request: Request<GetManifestRequest>,
     ) -> Result<Response<GetManifestResponse>, Status> {
         let (metadata, extensions, req) = request.into_parts();
-        let span = rpc_span!(&metadata, "GetManifest", task_id = ?req.task_id, run_id = ?req.run_id);
+        let span =
+            rpc_span!(&metadata, "GetManifest", task_id = ?req.task_id, run_id = ?req.run_id);
         self.answered("GetManifest", span, async {
             require(&extensions, Scope::Read, "GetManifest")?;
             Ok(Response::new(self.get_manifest(req).await?))

@@ -74,6 +74,9 @@ impl Exporter {
         let ours = Targets::new().with_target("runstore", Level::DEBUG);
         tracing_opentelemetry::layer()
             .with_tracer(self.provider.tracer("runstore"))
+            // The module path would take the `target` attribute, which the
+            // write spans use for what they write.
+            .with_target(false)
             .with_filter(ours)
     }
 

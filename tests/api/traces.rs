@@ -115,13 +115,12 @@ async fn spans_until(
 }
 
 fn string<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+    attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
             Value::StringValue(value) => Some(value.as_str()),
             _ => None,
-        })
+        }
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -187,7 +186,11 @@ async fn a_complete_run_is_one_trace_with_overlapping_writes(backend: Backend) {
     let rpc = rpc_span(&spans, TRACE_ID).expect("the RPC span");
     assert_eq!(rpc.service, "runstore", "the default service.name");
     let rpc = &rpc.span;
-    assert_eq!(hex(&rpc.parent_span_id), PARENT_SPAN_ID, "the caller's span");
+    assert_eq!(
+        hex(&rpc.parent_span_id),
+        PARENT_SPAN_ID,
+        "the caller's span"
+    );
     assert_eq!(string(&rpc.attributes, "rpc.system"), Some("grpc"));
     assert_eq!(string(&rpc.attributes, "rpc.method"), Some("CompleteRun"));
     let writes = writes_of(&spans, rpc);
@@ -216,26 +219,26 @@ async fn a_complete_run_is_one_trace_with_overlapping_writes(backend: Backend) {
     // The latency histograms link to the trace: the RPC's to its span, the
     // writes' to theirs.
     let text = scrape_text(&server.metrics_addr).await;
-    let exemplar = |series: &str, span: &Span| {
+    // A bucket's line: `name_bucket{le="…",labels} count # {exemplar} …`.
+    let exemplar = |name: &str, labels: &str, span: &Span| {
         let wanted = format!(
             "# {{trace_id=\"{TRACE_ID}\",span_id=\"{}\"}}",
             hex(&span.span_id)
         );
-        text.lines()
-            .any(|line| line.starts_with(series) && line.contains(&wanted))
+        text.lines().any(|line| {
+            line.starts_with(&format!("{name}_bucket{{"))
+                && line.contains(&format!(",{labels}}}"))
+                && line.contains(&wanted)
+        })
     };
-    assert!(
-        exemplar(
-            "runstore_rpc_duration_seconds_bucket{method=\"CompleteRun\",code=\"OK\"",
-            rpc
-        ),
-        "{text}"
-    );
+    let rpc_labels = "method=\"CompleteRun\",code=\"OK\"";
+    let rpc_seconds = "runstore_rpc_duration_seconds";
+    assert!(exemplar(rpc_seconds, rpc_labels, rpc), "{text}");
     for write in [a, b] {
         let target = string(&write.attributes, "target").expect("a target");
-        let series =
-            format!("runstore_write_duration_seconds_bucket{{target=\"{target}\",code=\"OK\"");
-        assert!(exemplar(&series, write), "{target}: {text}");
+        let labels = format!("target=\"{target}\",code=\"OK\"");
+        let write_seconds = "runstore_write_duration_seconds";
+        assert!(exemplar(write_seconds, &labels, write), "{target}: {text}");
     }
 
     // Without a traceparent, a call starts a trace of its own.
@@ -275,7 +278,9 @@ async fn spans_queued_at_shutdown_are_exported(backend: Backend) {
     let rpc = spans
         .iter()
         .find(|r| r.span.name == "CompleteRun")
-        .unwrap_or_else(|| panic!("the RPC span, exported by the time runstore exited: {spans:#?}"));
+        .unwrap_or_else(|| {
+            panic!("the RPC span, exported by the time runstore exited: {spans:#?}")
+        });
     assert_eq!(writes_of(&spans, &rpc.span).len(), 2, "{spans:#?}");
 }
 contract_test!(spans_queued_at_shutdown_are_exported, sqlite_only);
@@ -301,7 +306,10 @@ async fn without_an_endpoint_nothing_is_exported(backend: Backend) {
         assert!(!text.contains("trace_id"), "no exemplars: {text}");
         // Once the process is gone, whatever it would have exported has been.
         assert!(server.terminate().await.success(), "exit 0");
-        assert!(received.try_recv().is_err(), "nothing exported with {env:?}");
+        assert!(
+            received.try_recv().is_err(),
+            "nothing exported with {env:?}"
+        );
     }
 }
 contract_test!(without_an_endpoint_nothing_is_exported, sqlite_only);
