@@ -11,7 +11,7 @@
 //!   shutdown drain; [`server::run`] is the one entry point.
 //! - [`storage`]: the `Storage` trait, its error type, the factory and the
 //!   SQLite backend.
-//! - [`telemetry`]: tracing setup.
+//! - [`telemetry`]: logs, and OpenTelemetry traces when `OTEL_*` asks.
 
 pub mod api;
 pub mod config;

@@ -36,7 +36,14 @@ fn backup(args: &BackupArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format, std::io::stdout);
+    let telemetry = telemetry::init(args.log_format, std::io::stdout);
+    let served = serve_with(args).await;
+    // After the last calls: their spans are still queued for export.
+    telemetry.shutdown().await;
+    served
+}
+
+async fn serve_with(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.server_settings()?;
     let setting = args.storage_setting()?;
     let storage = match storage::open(&setting).await {

@@ -18,7 +18,7 @@ use std::{sync::Arc, time::Instant};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
-use tracing::{Instrument, field};
+use tracing::Instrument;
 
 use crate::{
     proto::{
@@ -37,6 +37,7 @@ use crate::{
         self, EventHead, EventQuery, RunRecord, SnapshotQuery, Storage, StorageError, Target,
         TaskQuery,
     },
+    telemetry::traces,
 };
 use error::ApiError;
 use page_token::SnapshotToken;
@@ -378,7 +379,10 @@ impl PersistenceApi {
             async move {
                 let _call = call;
                 let started = Instant::now();
-                let result = storage.delete_run(&req.task_id, &req.run_id).await;
+                let result = storage
+                    .delete_run(&req.task_id, &req.run_id)
+                    .instrument(tracing::debug_span!("delete"))
+                    .await;
                 if let Err(err) = &result {
                     tracing::warn!(error = %err, "delete failed");
                 }
@@ -474,6 +478,9 @@ impl PersistenceApi {
     }
 }
 
+/// One write, in its own span, a child of the RPC's: DEBUG, so that it is
+/// traced but not logged at the default level (and, with traces off, not
+/// even created).
 async fn timed_write(
     target: WriteTarget,
     storage: &Arc<dyn Storage>,
@@ -482,8 +489,14 @@ async fn timed_write(
     let location = location_of(target, &run);
     let started = Instant::now();
     let result = match target {
-        WriteTarget::Manifest => storage.write_manifest(run).await,
-        _ => storage.write_snapshot(run).await,
+        WriteTarget::Manifest => {
+            let span = tracing::debug_span!("write", target = "manifest");
+            storage.write_manifest(run).instrument(span).await
+        }
+        _ => {
+            let span = tracing::debug_span!("write", target = "snapshot");
+            storage.write_snapshot(run).instrument(span).await
+        }
     };
     if let Err(err) = &result {
         tracing::warn!(?target, error = %err, "write failed");
@@ -532,31 +545,43 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl PersistenceApi {
-    /// Counts and times a call by its method and the code it is answered
-    /// with (a caller that leaves first is not counted).
+    /// Runs a call in its span, and counts and times it by its method and
+    /// the code it is answered with (a caller that leaves first is not
+    /// counted).
     async fn answered<T>(
         &self,
         method: &'static str,
+        span: tracing::Span,
         call: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         let started = Instant::now();
-        let result = call.await;
+        let result = call.instrument(span.clone()).await;
         let code = result
             .as_ref()
             .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.metrics.rpc_answered(method, code, started.elapsed());
+        traces::answered(&span, code);
+        self.metrics
+            .rpc_answered(method, code, started.elapsed(), &span);
         result
     }
 }
 
-fn rpc_span(rpc: &'static str, task_id: &str, run_id: Option<&str>) -> tracing::Span {
-    // Debug formatting: ids are untrusted and may hold control characters.
-    tracing::info_span!(
-        "rpc",
-        rpc,
-        task_id = ?task_id,
-        run_id = run_id.map(|id| field::debug(id.to_owned())),
-    )
+/// The span of one RPC, `rpc_span!(metadata, "Method", fields…)`: named
+/// after the method for trace viewers, continuing the caller's trace.
+/// Ids go in with Debug formatting: they are untrusted and may hold
+/// control characters.
+macro_rules! rpc_span {
+    ($metadata:expr, $rpc:literal, $($fields:tt)*) => {{
+        let span = tracing::info_span!(
+            "rpc",
+            rpc = $rpc,
+            otel.name = $rpc,
+            otel.kind = "server",
+            $($fields)*
+        );
+        traces::continue_trace(&span, $rpc, $metadata);
+        span
+    }};
 }
 
 #[tonic::async_trait]
@@ -565,13 +590,13 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<CompleteRunRequest>,
     ) -> Result<Response<CompleteRunResponse>, Status> {
-        self.answered("CompleteRun", async {
-            require(request.extensions(), Scope::Write, "CompleteRun")?;
-            let deadline = deadline::budget(request.metadata());
-            let req = request.into_inner();
-            let span = rpc_span("CompleteRun", &req.task_id, Some(&req.run_id));
-            let reply = self.complete_run(req, deadline).instrument(span).await?;
-            Ok(Response::new(reply))
+        let (metadata, extensions, req) = request.into_parts();
+        let span =
+            rpc_span!(&metadata, "CompleteRun", task_id = ?req.task_id, run_id = ?req.run_id);
+        self.answered("CompleteRun", span, async {
+            require(&extensions, Scope::Write, "CompleteRun")?;
+            let deadline = deadline::budget(&metadata);
+            Ok(Response::new(self.complete_run(req, deadline).await?))
         })
         .await
     }
@@ -580,12 +605,12 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<GetManifestRequest>,
     ) -> Result<Response<GetManifestResponse>, Status> {
-        self.answered("GetManifest", async {
-            require(request.extensions(), Scope::Read, "GetManifest")?;
-            let req = request.into_inner();
-            let span = rpc_span("GetManifest", &req.task_id, Some(&req.run_id));
-            let reply = self.get_manifest(req).instrument(span).await?;
-            Ok(Response::new(reply))
+        let (metadata, extensions, req) = request.into_parts();
+        let span =
+            rpc_span!(&metadata, "GetManifest", task_id = ?req.task_id, run_id = ?req.run_id);
+        self.answered("GetManifest", span, async {
+            require(&extensions, Scope::Read, "GetManifest")?;
+            Ok(Response::new(self.get_manifest(req).await?))
         })
         .await
     }
@@ -594,12 +619,11 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<GetTaskSnapshotRequest>,
     ) -> Result<Response<GetTaskSnapshotResponse>, Status> {
-        self.answered("GetTaskSnapshot", async {
-            require(request.extensions(), Scope::Read, "GetTaskSnapshot")?;
-            let req = request.into_inner();
-            let span = rpc_span("GetTaskSnapshot", &req.task_id, None);
-            let reply = self.get_task_snapshot(req).instrument(span).await?;
-            Ok(Response::new(reply))
+        let (metadata, extensions, req) = request.into_parts();
+        let span = rpc_span!(&metadata, "GetTaskSnapshot", task_id = ?req.task_id);
+        self.answered("GetTaskSnapshot", span, async {
+            require(&extensions, Scope::Read, "GetTaskSnapshot")?;
+            Ok(Response::new(self.get_task_snapshot(req).await?))
         })
         .await
     }
@@ -608,13 +632,12 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<DeleteRunRequest>,
     ) -> Result<Response<DeleteRunResponse>, Status> {
-        self.answered("DeleteRun", async {
-            require(request.extensions(), Scope::Delete, "DeleteRun")?;
-            let deadline = deadline::budget(request.metadata());
-            let req = request.into_inner();
-            let span = rpc_span("DeleteRun", &req.task_id, Some(&req.run_id));
-            let reply = self.delete_run(req, deadline).instrument(span).await?;
-            Ok(Response::new(reply))
+        let (metadata, extensions, req) = request.into_parts();
+        let span = rpc_span!(&metadata, "DeleteRun", task_id = ?req.task_id, run_id = ?req.run_id);
+        self.answered("DeleteRun", span, async {
+            require(&extensions, Scope::Delete, "DeleteRun")?;
+            let deadline = deadline::budget(&metadata);
+            Ok(Response::new(self.delete_run(req, deadline).await?))
         })
         .await
     }
@@ -623,12 +646,11 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        self.answered("ListTasks", async {
-            require(request.extensions(), Scope::Read, "ListTasks")?;
-            let req = request.into_inner();
-            let span = tracing::info_span!("rpc", rpc = "ListTasks", prefix = ?req.prefix);
-            let reply = self.list_tasks(req).instrument(span).await?;
-            Ok(Response::new(reply))
+        let (metadata, extensions, req) = request.into_parts();
+        let span = rpc_span!(&metadata, "ListTasks", prefix = ?req.prefix);
+        self.answered("ListTasks", span, async {
+            require(&extensions, Scope::Read, "ListTasks")?;
+            Ok(Response::new(self.list_tasks(req).await?))
         })
         .await
     }
@@ -639,13 +661,11 @@ impl PersistenceService for PersistenceApi {
         &self,
         request: Request<WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
-        self.answered("WatchRuns", async {
-            require(request.extensions(), Scope::Read, "WatchRuns")?;
-            let req = request.into_inner();
-            let span =
-                tracing::info_span!("rpc", rpc = "WatchRuns", task_prefix = ?req.task_prefix);
-            let stream = self.watch_runs(req).instrument(span).await?;
-            Ok(Response::new(stream))
+        let (metadata, extensions, req) = request.into_parts();
+        let span = rpc_span!(&metadata, "WatchRuns", task_prefix = ?req.task_prefix);
+        self.answered("WatchRuns", span, async {
+            require(&extensions, Scope::Read, "WatchRuns")?;
+            Ok(Response::new(self.watch_runs(req).await?))
         })
         .await
     }

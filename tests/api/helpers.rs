@@ -62,7 +62,8 @@ pub const LIVENESS: &str = "";
 /// Logs are printed only when TEST_LOG is set.
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        runstore::telemetry::init(LogFormat::Text, std::io::stdout);
+        // Never shut down: a test process has no spans worth waiting for.
+        let _ = runstore::telemetry::init(LogFormat::Text, std::io::stdout);
     }
 }
 

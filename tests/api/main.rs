@@ -78,5 +78,6 @@ mod security;
 mod server_process;
 mod shutdown_load;
 mod space;
+mod traces;
 mod validation;
 mod watch_runs;

@@ -23,12 +23,33 @@ pub struct ServerProcess {
 
 /// Starts the real binary on `store` and waits for its "listening" line.
 pub async fn start_server(store: &TestStore, extra_args: &[&str]) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runstore"))
+    start_server_with_env(store, extra_args, &[]).await
+}
+
+/// The variables that turn trace export on: never inherited from the
+/// environment the tests run in, only set by the test that wants them.
+const TRACE_ENDPOINTS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+];
+
+/// [`start_server`] with extra environment variables.
+pub async fn start_server_with_env(
+    store: &TestStore,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> ServerProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runstore"));
+    for name in TRACE_ENDPOINTS {
+        command.env_remove(name);
+    }
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .args(["--metrics-listen", "127.0.0.1:0"])
         .args(extra_args)
         .args(store.server_args())
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

@@ -5,6 +5,8 @@
 //! - per RPC, by method and code: requests and latency (the handlers);
 //! - per write, by target and code: latency and failures ([`instrumented`],
 //!   a decorator around any `Storage`);
+//! - both latencies carry the trace and span ids of a sampled measurement
+//!   as exemplars, when traces are exported ([`crate::telemetry::traces`]);
 //! - the sweep: runs expired, tick duration;
 //! - read at each scrape ([`ScrapeTime`]): calls in flight and shed,
 //!   storage readiness, and what only the backend knows
@@ -21,11 +23,13 @@ use std::{
     time::Duration,
 };
 
+use opentelemetry::trace::SpanContext;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
         counter::{ConstCounter, Counter},
+        exemplar::HistogramWithExemplars,
         family::Family,
         gauge::ConstGauge,
         histogram::{Histogram, exponential_buckets},
@@ -35,7 +39,7 @@ use prometheus_client::{
 
 pub use instrumented::InstrumentedStorage;
 
-use crate::{server::admission::Admission, storage::Storage};
+use crate::{server::admission::Admission, storage::Storage, telemetry::traces};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
@@ -49,13 +53,34 @@ struct WriteLabels {
     code: &'static str,
 }
 
-/// Latency buckets: 100 µs to ~6.5 s, doubling.
-fn latency_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(100e-6, 2.0, 17)
+/// The exemplar of a latency: the span it was measured in. Its ids, like
+/// any id, never become a label of a series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TraceExemplar {
+    trace_id: String,
+    span_id: String,
 }
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(latency_buckets())
+impl TraceExemplar {
+    fn of(ids: SpanContext) -> Self {
+        Self {
+            trace_id: ids.trace_id().to_string(),
+            span_id: ids.span_id().to_string(),
+        }
+    }
+}
+
+type LatencyHistogram = HistogramWithExemplars<TraceExemplar>;
+
+/// Latency buckets: 100 µs to ~6.5 s, doubling.
+fn latency_histogram() -> LatencyHistogram {
+    HistogramWithExemplars::new(exponential_buckets(100e-6, 2.0, 17))
+}
+
+fn observe(histogram: &LatencyHistogram, took: Duration, sampled: Option<SpanContext>) {
+    let exemplar = sampled.map(TraceExemplar::of);
+    let at = exemplar.as_ref().map(|_| std::time::SystemTime::now());
+    histogram.observe(took.as_secs_f64(), exemplar, at);
 }
 
 /// Every metric of one server. Cheap to record into; shared by the
@@ -63,8 +88,8 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Mutex<Registry>,
     rpc_requests: Family<RpcLabels, Counter>,
-    rpc_seconds: Family<RpcLabels, Histogram, fn() -> Histogram>,
-    write_seconds: Family<WriteLabels, Histogram, fn() -> Histogram>,
+    rpc_seconds: Family<RpcLabels, LatencyHistogram, fn() -> LatencyHistogram>,
+    write_seconds: Family<WriteLabels, LatencyHistogram, fn() -> LatencyHistogram>,
     write_failures: Family<WriteLabels, Counter>,
     runs_expired: Counter,
     sweep_seconds: Histogram,
@@ -93,7 +118,7 @@ impl Metrics {
             "PersistenceService calls answered, by method and gRPC code",
             rpc_requests.clone(),
         );
-        let rpc_seconds: Family<RpcLabels, Histogram, fn() -> Histogram> =
+        let rpc_seconds: Family<RpcLabels, LatencyHistogram, fn() -> LatencyHistogram> =
             Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "rpc_duration",
@@ -101,7 +126,7 @@ impl Metrics {
             Unit::Seconds,
             rpc_seconds.clone(),
         );
-        let write_seconds: Family<WriteLabels, Histogram, fn() -> Histogram> =
+        let write_seconds: Family<WriteLabels, LatencyHistogram, fn() -> LatencyHistogram> =
             Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "write_duration",
@@ -151,25 +176,31 @@ impl Metrics {
             }));
     }
 
-    pub fn rpc_answered(&self, method: &'static str, code: tonic::Code, took: Duration) {
+    /// A call answered, timed in its RPC span `span`.
+    pub fn rpc_answered(
+        &self,
+        method: &'static str,
+        code: tonic::Code,
+        took: Duration,
+        span: &tracing::Span,
+    ) {
         let labels = RpcLabels {
             method,
             code: crate::api::error::code_name(code),
         };
         self.rpc_requests.get_or_create(&labels).inc();
-        self.rpc_seconds
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        let sampled = traces::sampled(span);
+        observe(&self.rpc_seconds.get_or_create(&labels), took, sampled);
     }
 
+    /// A write answered, timed in the current span (the write's).
     fn write_answered(&self, target: &'static str, code: tonic::Code, took: Duration) {
         let labels = WriteLabels {
             target,
             code: crate::api::error::code_name(code),
         };
-        self.write_seconds
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        let sampled = traces::sampled_current();
+        observe(&self.write_seconds.get_or_create(&labels), took, sampled);
         if code != tonic::Code::Ok {
             self.write_failures.get_or_create(&labels).inc();
         }
