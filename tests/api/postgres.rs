@@ -556,23 +556,37 @@ async fn refuses_a_database_with_synchronous_commit_off_body() {
         );
     }
 
-    // An unreachable database: the error names the URL, password masked.
+    // An unreachable database: the server waits unready (it may come up),
+    // and its log names the URL, password masked.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
     let url = format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/nothing");
-    let (status, output) = run_runstore(
-        "runstore to give up on an unreachable database",
-        runstore_command(&storage_flag(&url), &["--postgres-connect-timeout", "2s"]),
+    let server = start_runstore_at(
+        &db,
+        &storage_flag(&url),
+        &["--postgres-connect-timeout", "2s"],
     )
     .await;
-    println!("unreachable ({status}):\n{output}");
-    assert!(!status.success(), "{output}");
-    assert!(
-        output.contains(&format!("postgres://postgres:***@127.0.0.1:{port}/nothing")),
-        "the error names the database, password masked: {output}"
+    let channel = server.process.channel().await;
+    assert_eq!(
+        health(&channel, SERVICE_NAME).await,
+        ServingStatus::NotServing
     );
-    assert!(!output.contains(PASSWORD), "{output}");
+    let waiting = server.events("storage is not open yet: serving unready while retrying");
+    let error = waiting
+        .first()
+        .and_then(|event| event["error"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    println!("unreachable: {error}");
+    assert!(
+        error.contains(&format!("postgres://postgres:***@127.0.0.1:{port}/nothing")),
+        "the error names the database, password masked: {error}"
+    );
+    let logs = server.logs().join("\n");
+    server.terminate().await;
+    assert!(!logs.contains(PASSWORD), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
