@@ -117,6 +117,12 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTORE_HEALTH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub health_interval: Duration,
 
+    /// Longest a unary call may take, from its first byte to its answer
+    /// (a caller trickling a large message holds its buffer no longer; the
+    /// writes it started still finish). Longer deadlines are cut to this.
+    #[arg(long, env = "RUNSTORE_REQUEST_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub request_timeout: Duration,
+
     /// How often the background sweep expires runs and prunes old events.
     #[arg(long, env = "RUNSTORE_SWEEP_INTERVAL", default_value = "30s", value_parser = positive_duration)]
     pub sweep_interval: Duration,
@@ -263,6 +269,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             health_interval: self.health_interval,
             shutdown_delay: self.shutdown_delay,
+            request_timeout: self.request_timeout,
             max_in_flight: self.max_in_flight,
             tls,
             auth,

@@ -9,7 +9,7 @@ use tonic::{
     Request, Status,
     codec::CompressionEncoding,
     service::interceptor::InterceptedService,
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
+    transport::{Certificate, Identity, ServerTlsConfig},
 };
 
 pub mod admission;
@@ -18,6 +18,7 @@ pub mod deadline;
 pub mod health;
 pub mod metrics;
 pub mod sweep;
+pub mod transport;
 
 use crate::{
     api::{PersistenceApi, ServiceSettings},
@@ -71,6 +72,8 @@ pub struct ServerSettings {
     /// NOT_SERVING and refusing calls, so that probes and load balancers see
     /// the change before connections are refused.
     pub shutdown_delay: Duration,
+    /// Longest a unary call may take, its request's arrival included.
+    pub request_timeout: Duration,
     /// Persistence calls served at once; more get RESOURCE_EXHAUSTED.
     pub max_in_flight: usize,
     /// Serve TLS (optionally mutual) instead of plaintext.
@@ -91,6 +94,7 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(30),
             health_interval: Duration::from_secs(5),
             shutdown_delay: Duration::ZERO,
+            request_timeout: transport::DEFAULT_REQUEST_TIMEOUT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             tls: None,
             auth: None,
@@ -123,15 +127,6 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// Accepted connections with TCP_NODELAY: without it, Nagle's algorithm
-/// and delayed ACKs add ~40 ms to every small reply. Keepalive detects peers
-/// that vanished without closing their connection.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
 }
 
 /// Serves until `shutdown` resolves, then: health reports NOT_SERVING, new
@@ -217,7 +212,7 @@ pub async fn run(
         }
     };
 
-    let mut builder = Server::builder();
+    let mut builder = transport::server(settings.request_timeout);
     if let Some(tls) = &settings.tls {
         builder = builder.tls_config(tls.server_config())?;
     }
@@ -226,7 +221,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(persistence)
-        .serve_with_incoming_shutdown(incoming(listener), begin_drain);
+        .serve_with_incoming_shutdown(transport::incoming(listener), begin_drain);
 
     // Admitted calls finish first, then the server closes its connections,
     // then any write task whose caller went away finishes.
