@@ -166,8 +166,8 @@ test("the largest summary reads back with default limits; one byte more is RESOU
   assert.deepEqual(snap.runs.map((r) => r.runId), ["at-limit"]);
   assert.ok(Buffer.from(snap.runs[0].summaryJson, "utf8").equals(Buffer.from(summaryJson, "utf8")), "GetTaskSnapshot byte for byte");
   const sizes = client.service.constructor.service; // the stub's (de)serialisers
-  t.diagnostic(`GetManifest reply ${sizes.getManifest.responseSerialize(m).length} bytes, ` +
-    `GetTaskSnapshot reply ${sizes.getTaskSnapshot.responseSerialize(snap).length} bytes`);
+  t.diagnostic(`GetManifest reply ${sizes.GetManifest.responseSerialize(m).length} bytes, ` +
+    `GetTaskSnapshot reply ${sizes.GetTaskSnapshot.responseSerialize(snap).length} bytes`);
 
   // One byte more: the server refuses it, naming its limit, and writes nothing.
   const over = summaryOfSize(taskId, "over-limit", DEFAULT_MAX_SUMMARY_BYTES + 1);
