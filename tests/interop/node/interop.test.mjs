@@ -135,6 +135,53 @@ test("GetTaskSnapshot lists the run", async () => {
   assert.ok(Buffer.from(snap.runs[0].summaryJson, "utf8").equals(Buffer.from(text, "utf8")));
 });
 
+// The server's default --max-summary-bytes: 4 MiB - 64 KiB, so that a
+// manifest at the limit, and a snapshot page holding it, fit the 4 MiB
+// default receive limit of gRPC clients.
+const DEFAULT_MAX_SUMMARY_BYTES = 4 * 1024 * 1024 - 64 * 1024;
+
+/** A JSON object of exactly `size` bytes carrying the ids: {"taskId":…,"runId":…,"padding":"xxx…"}. */
+function summaryOfSize(taskId, runId, size) {
+  const head = `${JSON.stringify({ taskId, runId }).slice(0, -1)},"padding":"`;
+  const tail = '"}';
+  assert.ok(size >= head.length + tail.length);
+  return head + "x".repeat(size - head.length - tail.length) + tail;
+}
+
+test("the largest summary reads back with default limits; one byte more is RESOURCE_EXHAUSTED", async (t) => {
+  // `client` is a RunstoreClient, which sets no grpc.max_receive_message_length:
+  // grpc-js at its default limits (4 MiB receive; send unlimited, -1). The
+  // server runs with its default --max-summary-bytes.
+  const taskId = "node-largest";
+  const deadline = Date.now() + 60_000;
+  const summaryJson = summaryOfSize(taskId, "at-limit", DEFAULT_MAX_SUMMARY_BYTES);
+  assert.equal(Buffer.byteLength(summaryJson), DEFAULT_MAX_SUMMARY_BYTES);
+  const res = await client.completeRun({ taskId, runId: "at-limit", timestamp: TIMESTAMP, summaryJson }, { deadline });
+  assert.equal(res.snapshot.state, "WRITE_STATE_WRITTEN");
+  assert.equal(res.manifest.state, "WRITE_STATE_WRITTEN");
+
+  const m = await client.getManifest({ taskId, runId: "at-limit" });
+  assert.ok(Buffer.from(m.summaryJson, "utf8").equals(Buffer.from(summaryJson, "utf8")), "GetManifest byte for byte");
+  const snap = await client.getTaskSnapshot({ taskId, pageSize: 1 });
+  assert.deepEqual(snap.runs.map((r) => r.runId), ["at-limit"]);
+  assert.ok(Buffer.from(snap.runs[0].summaryJson, "utf8").equals(Buffer.from(summaryJson, "utf8")), "GetTaskSnapshot byte for byte");
+  const sizes = client.service.constructor.service; // the stub's (de)serialisers
+  t.diagnostic(`GetManifest reply ${sizes.GetManifest.responseSerialize(m).length} bytes, ` +
+    `GetTaskSnapshot reply ${sizes.GetTaskSnapshot.responseSerialize(snap).length} bytes`);
+
+  // One byte more: the server refuses it, naming its limit, and writes nothing.
+  const over = summaryOfSize(taskId, "over-limit", DEFAULT_MAX_SUMMARY_BYTES + 1);
+  await assert.rejects(
+    client.completeRun({ taskId, runId: "over-limit", timestamp: TIMESTAMP, summaryJson: over }, { deadline }),
+    (err) => {
+      assert.equal(err.code, 8); // grpc.status.RESOURCE_EXHAUSTED
+      assert.ok(err.details.includes(String(DEFAULT_MAX_SUMMARY_BYTES)), err.details);
+      return true;
+    },
+  );
+  await assert.rejects(client.getManifest({ taskId, runId: "over-limit" }), (err) => err.code === 5); // NOT_FOUND
+});
+
 test("an invalid task id is INVALID_ARGUMENT, and the server keeps serving", async () => {
   await assert.rejects(
     client.completeRun({ taskId: "../escape", runId: "r1", timestamp: TIMESTAMP, summaryJson: "{}" }),

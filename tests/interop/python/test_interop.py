@@ -165,6 +165,58 @@ def test_get_task_snapshot_lists_the_run(stub, completed, summary):
     assert snap.next_page_token == ""
 
 
+# The server's default --max-summary-bytes: 4 MiB - 64 KiB, so that a manifest
+# at the limit, and a snapshot page holding it, fit the 4 MiB default receive
+# limit of gRPC clients.
+DEFAULT_MAX_SUMMARY_BYTES = 4 * 1024 * 1024 - 64 * 1024
+GRPCIO_DEFAULT_RECEIVE_BYTES = 4 * 1024 * 1024
+
+
+def summary_of_size(task_id, run_id, size):
+    """A JSON object of exactly `size` bytes carrying the ids:
+    {"taskId":...,"runId":...,"padding":"xxx..."}."""
+    head = json.dumps({"taskId": task_id, "runId": run_id}, separators=(",", ":"))[:-1] + ',"padding":"'
+    tail = '"}'
+    assert size >= len(head) + len(tail)
+    return head + "x" * (size - len(head) - len(tail)) + tail
+
+
+def test_largest_summary_reads_back_with_default_limits(stub):
+    """A summary of exactly the server's default limit (4,128,768 bytes) is
+    written and reads back byte for byte through GetManifest and
+    GetTaskSnapshot; one byte more is RESOURCE_EXHAUSTED and writes nothing.
+    `stub` is on a channel at grpcio's default limits (no
+    grpc.max_receive_message_length: 4 MiB receive; send unlimited), and the
+    server runs with its default --max-summary-bytes."""
+    task_id = "py-largest"
+    text = summary_of_size(task_id, "at-limit", DEFAULT_MAX_SUMMARY_BYTES)
+    assert len(text.encode("utf-8")) == DEFAULT_MAX_SUMMARY_BYTES
+    written = complete_run(stub, task_id, "at-limit", TIMESTAMP, text, timeout=60)
+    assert written.snapshot.state == pb.WRITE_STATE_WRITTEN
+    assert written.manifest.state == pb.WRITE_STATE_WRITTEN
+
+    m = stub.GetManifest(pb.GetManifestRequest(task_id=task_id, run_id="at-limit"), timeout=60)
+    assert m.summary_json.encode("utf-8") == text.encode("utf-8")
+    assert m.ByteSize() <= GRPCIO_DEFAULT_RECEIVE_BYTES
+    snap = stub.GetTaskSnapshot(pb.GetTaskSnapshotRequest(task_id=task_id, page_size=1), timeout=60)
+    assert [(r.run_id, r.summary_json.encode("utf-8")) for r in snap.runs] == [
+        ("at-limit", text.encode("utf-8"))]
+    assert snap.ByteSize() <= GRPCIO_DEFAULT_RECEIVE_BYTES
+
+    # One byte more: the server refuses it, naming its limit, and writes nothing.
+    over = summary_of_size(task_id, "over-limit", DEFAULT_MAX_SUMMARY_BYTES + 1)
+    with pytest.raises(grpc.RpcError) as err:
+        complete_run(stub, task_id, "over-limit", TIMESTAMP, over, timeout=60)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(DEFAULT_MAX_SUMMARY_BYTES) in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetManifest(pb.GetManifestRequest(task_id=task_id, run_id="over-limit"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    ids = stub.GetTaskSnapshot(pb.GetTaskSnapshotRequest(task_id=task_id, omit_summaries=True),
+                               timeout=10)
+    assert [r.run_id for r in ids.runs] == ["at-limit"]
+
+
 @pytest.mark.parametrize("call", [
     lambda stub: stub.CompleteRun(pb.CompleteRunRequest(
         task_id="../escape", run_id="r1", timestamp=TIMESTAMP, summary_json="{}"), timeout=10),
