@@ -404,8 +404,9 @@ fn id_ok(id: &str) -> bool {
     if id.starts_with('.') || id.ends_with('.') || id.ends_with(' ') {
         return false;
     }
-    // A device name before the first dot, in any ASCII case.
-    let stem = id.split('.').next().unwrap();
+    // A device name before the first dot, in any ASCII case, spaces after
+    // it ignored (Windows resolves "NUL .txt" to the device too).
+    let stem = id.split('.').next().unwrap().trim_end_matches(' ');
     !DEVICE_NAMES
         .iter()
         .any(|name| stem.eq_ignore_ascii_case(name))
@@ -431,8 +432,9 @@ fn instant(ts: &str) -> Option<(i64, u32)> {
     let hour = digits(11, 2)?;
     let minute = digits(14, 2)?;
     let second = digits(17, 2)?;
-    // ABNF literals are case-insensitive: 't' and 'z' are allowed.
-    if !(is(4, b"-") && is(7, b"-") && is(10, b"Tt") && is(13, b":") && is(16, b":")) {
+    // ABNF literals are case-insensitive: 't' and 'z' are allowed; so is a
+    // space between date and time, which section 5.6's note permits.
+    if !(is(4, b"-") && is(7, b"-") && is(10, b"Tt ") && is(13, b":") && is(16, b":")) {
         return None;
     }
     let mut at = 19;

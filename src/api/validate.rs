@@ -341,6 +341,36 @@ mod tests {
     }
 
     #[test]
+    fn complete_run_checks_ids_then_timestamp_then_size_then_summary() {
+        let request = |task: &str, timestamp: &str, summary: &str| CompleteRunRequest {
+            task_id: task.into(),
+            run_id: "r".into(),
+            timestamp: timestamp.into(),
+            summary_json: summary.into(),
+        };
+        let field = |result: Result<RunInstant, ApiError>| match result {
+            Err(ApiError::InvalidArgument { field, .. }) => field.to_string(),
+            Err(ApiError::SummaryTooLarge { .. }) => "size".into(),
+            other => panic!("expected a rejection, got {other:?}"),
+        };
+        let ts = "2026-01-05T19:26:37Z";
+        assert_eq!(
+            field(complete_run(&request("a/b", "x", "[["), 1)),
+            "task_id"
+        );
+        assert_eq!(
+            field(complete_run(&request("t", "x", "[["), 1)),
+            "timestamp"
+        );
+        assert_eq!(field(complete_run(&request("t", ts, "[["), 1)), "size");
+        assert_eq!(
+            field(complete_run(&request("t", ts, "[["), 2)),
+            "summary_json"
+        );
+        assert!(complete_run(&request("t", ts, "{}"), 2).is_ok());
+    }
+
+    #[test]
     fn accepts_ordinary_ids() {
         for ok in [
             "task-1",
