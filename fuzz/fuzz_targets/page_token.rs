@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let token = String::from_utf8_lossy(data);
     let snapshot = decode(&token);
     let task = decode_task(&token);
-    assert!(snapshot.is_none() || task.is_none(), "token {token:?} is both kinds");
+    assert!(
+        snapshot.is_none() || task.is_none(),
+        "token {token:?} is both kinds"
+    );
     // URL_SAFE_NO_PAD rejects padding and non-zero trailing bits, so an
     // accepted token is canonical.
     if let Some(position) = snapshot {
@@ -20,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(last_task_id) = task {
         let reencoded = encode_task(&last_task_id);
-        assert_eq!(decode_task(&reencoded).as_ref(), Some(&last_task_id), "token {token:?}");
+        assert_eq!(
+            decode_task(&reencoded).as_ref(),
+            Some(&last_task_id),
+            "token {token:?}"
+        );
         assert_eq!(reencoded, token, "accepted a non-canonical token");
     }
 });

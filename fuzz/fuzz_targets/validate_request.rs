@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
 fn check_accepted_id(id: &str) {
     assert!(!id.contains(['/', '\\']), "{id:?}");
     // The contract forbids C0 controls and DEL (0-31, 127); C1 is allowed.
-    assert!(!id.chars().any(|c| c.is_ascii_control()), "control char in {id:?}");
+    assert!(
+        !id.chars().any(|c| c.is_ascii_control()),
+        "control char in {id:?}"
+    );
     assert!(id != "." && id != "..", "{id:?}");
     assert!(id.len() <= validate::MAX_ID_BYTES, "{id:?}");
     let components: Vec<_> = Path::new(id).components().collect();

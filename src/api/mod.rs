@@ -152,20 +152,13 @@ impl PersistenceApi {
     /// Validates the request and computes everything both writes need,
     /// before either is dispatched.
     async fn prepare_run(&self, req: CompleteRunRequest) -> Result<RunRecord, ApiError> {
-        validate::id("task_id", &req.task_id)?;
-        validate::id("run_id", &req.run_id)?;
-        let instant = validate::timestamp("timestamp", &req.timestamp)?;
         let limit = self.settings.max_summary_bytes;
-        if req.summary_json.len() > limit {
-            return Err(ApiError::SummaryTooLarge {
-                size: req.summary_json.len(),
-                limit,
-            });
-        }
         let paired = self.settings.write_mode == WriteMode::Concurrent;
-        let offload = req.summary_json.len() >= OFFLOAD_SUMMARY_BYTES;
+        // An oversized summary fails the size check at once: no pool hop.
+        let size = req.summary_json.len();
+        let offload = size >= OFFLOAD_SUMMARY_BYTES && size <= limit;
         let prepare = move || -> Result<RunRecord, ApiError> {
-            validate::summary("summary_json", &req.summary_json, &req.task_id, &req.run_id)?;
+            let instant = validate::complete_run(&req, limit)?;
             Ok(RunRecord {
                 sha256: sha256_hex(req.summary_json.as_bytes()),
                 task_id: req.task_id,

@@ -4,7 +4,7 @@
 use chrono::DateTime;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::{api::error::ApiError, storage::RunInstant};
+use crate::{api::error::ApiError, proto::CompleteRunRequest, storage::RunInstant};
 
 /// Deepest nesting of arrays and objects accepted in a summary: what
 /// serde_json, a common parser downstream, accepts by default.
@@ -91,6 +91,26 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Validates a CompleteRun request as the server does, in its order: ids,
+/// timestamp, summary size (over `max_summary_bytes` is RESOURCE_EXHAUSTED),
+/// then the summary itself. Returns the instant the timestamp names.
+pub fn complete_run(
+    req: &CompleteRunRequest,
+    max_summary_bytes: usize,
+) -> Result<RunInstant, ApiError> {
+    id("task_id", &req.task_id)?;
+    id("run_id", &req.run_id)?;
+    let instant = timestamp("timestamp", &req.timestamp)?;
+    if req.summary_json.len() > max_summary_bytes {
+        return Err(ApiError::SummaryTooLarge {
+            size: req.summary_json.len(),
+            limit: max_summary_bytes,
+        });
+    }
+    summary("summary_json", &req.summary_json, &req.task_id, &req.run_id)?;
+    Ok(instant)
 }
 
 /// Checks a ListTasks prefix: empty, or the start of some valid id (at most
@@ -318,6 +338,36 @@ mod tests {
             Err(ApiError::InvalidArgument { rule, .. }) => rule,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn complete_run_checks_ids_then_timestamp_then_size_then_summary() {
+        let request = |task: &str, timestamp: &str, summary: &str| CompleteRunRequest {
+            task_id: task.into(),
+            run_id: "r".into(),
+            timestamp: timestamp.into(),
+            summary_json: summary.into(),
+        };
+        let field = |result: Result<RunInstant, ApiError>| match result {
+            Err(ApiError::InvalidArgument { field, .. }) => field.to_string(),
+            Err(ApiError::SummaryTooLarge { .. }) => "size".into(),
+            other => panic!("expected a rejection, got {other:?}"),
+        };
+        let ts = "2026-01-05T19:26:37Z";
+        assert_eq!(
+            field(complete_run(&request("a/b", "x", "[["), 1)),
+            "task_id"
+        );
+        assert_eq!(
+            field(complete_run(&request("t", "x", "[["), 1)),
+            "timestamp"
+        );
+        assert_eq!(field(complete_run(&request("t", ts, "[["), 1)), "size");
+        assert_eq!(
+            field(complete_run(&request("t", ts, "[["), 2)),
+            "summary_json"
+        );
+        assert!(complete_run(&request("t", ts, "{}"), 2).is_ok());
     }
 
     #[test]
