@@ -523,8 +523,15 @@ func TestAClientThatNeverReadsHoldsBoundedMemory(t *testing.T) {
 			t.Fatalf("stream %d: %v", stream, err)
 		}
 	}
-	// Never read; let the server produce what it will.
-	time.Sleep(3 * time.Second)
+	// Never read. Wait until the server's memory stops growing (no new
+	// peak for 1 s), bounded at 15 s: then it holds all it will for us.
+	last, stableSince := peakRSSKiB(t, s), time.Now()
+	for bound := time.Now().Add(15 * time.Second); time.Since(stableSince) < time.Second && time.Now().Before(bound); {
+		time.Sleep(100 * time.Millisecond)
+		if peak := peakRSSKiB(t, s); peak > last {
+			last, stableSince = peak, time.Now()
+		}
+	}
 	summary := good.finish(t)
 	peak := checkRSS(t, s)
 	t.Logf("never-reading client: %d GetTaskSnapshot streams of ~3 MiB pages unread; peak RSS %d MiB; %s", streams, peak, summary)
