@@ -23,15 +23,15 @@ use crate::{
 };
 
 const ROUNDS: u32 = 20;
-const CLIENTS: u32 = 32;
+pub const CLIENTS: u32 = 32;
 const CONNECTIONS: usize = 4;
-const TASKS: u32 = 4;
+pub const TASKS: u32 = 4;
 /// Upper bound per client and round; the kill normally comes first.
 const CALLS_PER_CLIENT: u32 = 2_000;
 const KILL_DELAY_MS: std::ops::Range<u64> = 20..300;
 
 /// xorshift64*: enough randomness for kill delays, reproducible from a seed.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -41,12 +41,12 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn in_range(&mut self, range: std::ops::Range<u64>) -> u64 {
+    pub fn in_range(&mut self, range: std::ops::Range<u64>) -> u64 {
         range.start + self.next() % (range.end - range.start)
     }
 }
 
-fn seed() -> u64 {
+pub fn seed() -> u64 {
     if let Some(seed) = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -60,25 +60,25 @@ fn seed() -> u64 {
     (nanos as u64) | 1
 }
 
-type Key = (String, String);
+pub type Key = (String, String);
 
 /// Everything the clients sent and what the server acknowledged.
 #[derive(Default)]
-struct Ledger {
+pub struct Ledger {
     /// Every request ever sent, by (task, run). Run ids are never reused.
-    sent: HashMap<Key, CompleteRunRequest>,
+    pub sent: HashMap<Key, CompleteRunRequest>,
     /// Runs whose reply said the manifest is WRITTEN.
-    manifests: BTreeSet<Key>,
+    pub manifests: BTreeSet<Key>,
     /// Runs whose reply said the snapshot entry is WRITTEN.
-    snapshots: BTreeSet<Key>,
-    both: usize,
+    pub snapshots: BTreeSet<Key>,
+    pub both: usize,
     /// Replies that said a write FAILED: none are expected.
-    not_all_written: usize,
-    unacknowledged: Vec<CompleteRunRequest>,
+    pub not_all_written: usize,
+    pub unacknowledged: Vec<CompleteRunRequest>,
 }
 
 impl Ledger {
-    fn record(&mut self, request: CompleteRunRequest, reply: Option<(bool, bool)>) {
+    pub fn record(&mut self, request: CompleteRunRequest, reply: Option<(bool, bool)>) {
         let key = (request.task_id.clone(), request.run_id.clone());
         match reply {
             Some((snapshot, manifest)) => {
@@ -108,7 +108,7 @@ fn task_id(n: u32) -> String {
     format!("crash-{n}")
 }
 
-async fn client_loop(
+pub async fn client_loop(
     mut client: PersistenceServiceClient<Channel>,
     round: u32,
     client_no: u32,
@@ -147,23 +147,23 @@ async fn client_loop(
 }
 
 /// Clients on a few connections of their own.
-async fn clients(server: &ServerProcess) -> Vec<PersistenceServiceClient<Channel>> {
+pub async fn clients(server: &ServerProcess) -> Vec<PersistenceServiceClient<Channel>> {
     futures::future::join_all((0..CONNECTIONS).map(|_| server.client())).await
 }
 
 /// What a check after a restart found.
 #[derive(Default)]
-struct Check {
+pub struct Check {
     /// Acknowledged writes missing or different.
-    lost: BTreeSet<(&'static str, Key)>,
+    pub lost: BTreeSet<(&'static str, Key)>,
     /// What was wrong with each.
     details: Vec<String>,
     /// Stored runs that were never acknowledged (in flight at a kill).
-    unacknowledged_stored: usize,
+    pub unacknowledged_stored: usize,
 }
 
 /// [`verify`], printing what was lost.
-async fn verify_and_report(
+pub async fn verify_and_report(
     clients: &[PersistenceServiceClient<Channel>],
     store: &TestStore,
     ledger: &Ledger,

@@ -69,6 +69,8 @@ mod monitoring;
 mod overload;
 mod postgres;
 mod postgres_server;
+mod power_fs;
+mod power_loss;
 mod processes;
 mod reader_memory;
 mod reads;
