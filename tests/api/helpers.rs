@@ -151,6 +151,18 @@ impl TestStore {
         }
     }
 
+    /// A PostgreSQL store on `database`, e.g. on a cluster of a test's own.
+    pub fn on_database(database: crate::postgres_server::TestDatabase) -> Self {
+        let root = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let data_dir = root.path().join("data");
+        Self {
+            backend: Backend::Postgres,
+            root,
+            data_dir,
+            postgres: Some(database),
+        }
+    }
+
     /// The temp dir that holds the data dir; tests may keep files here.
     pub fn root(&self) -> &Path {
         self.root.path()

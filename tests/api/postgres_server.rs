@@ -52,8 +52,10 @@ const PORT_ATTEMPTS: usize = 5;
 #[derive(Debug)]
 pub struct Cluster {
     bin_dir: PathBuf,
-    /// The temp dir: data dir, socket dir and server log live in it.
+    /// The temp dir: the socket dir and server log live in it, and the data
+    /// dir unless the cluster was started on one of a test's own.
     root: PathBuf,
+    data_dir: PathBuf,
     port: u16,
     /// Set when the tests run as root: initdb and pg_ctl run as this user.
     run_as: Option<&'static str>,
@@ -78,6 +80,13 @@ impl Cluster {
     /// initdb on a new temp dir, then starts the server on a free port with
     /// the durable settings and `extra` ones (which win over them).
     pub async fn start(extra: &[(&str, &str)]) -> Self {
+        Self::start_at(extra, None).await
+    }
+
+    /// [`Cluster::start`] with the data dir at `data_dir` (an empty dir,
+    /// e.g. on a test's own file system, handed to the cluster's owner);
+    /// initdb then fsyncs what it wrote, so the cluster starts durable.
+    async fn start_at(extra: &[(&str, &str)], data_dir: Option<PathBuf>) -> Self {
         let bin_dir = bin_dir();
         let run_as = running_as_root().then_some("postgres");
         let root = tempfile::Builder::new()
@@ -85,10 +94,14 @@ impl Cluster {
             .tempdir_in(std::env::temp_dir())
             .expect("temp dir for PostgreSQL")
             .keep();
+        let sync = data_dir.is_some();
+        let data_dir = data_dir.unwrap_or_else(|| root.join("data"));
         if let Some(user) = run_as {
             let (uid, gid) = user_ids(user);
-            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
-                .unwrap_or_else(|err| panic!("chown {} to {user}: {err}", root.display()));
+            for dir in [&root, &data_dir].into_iter().filter(|dir| dir.exists()) {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                    .unwrap_or_else(|err| panic!("chown {} to {user}: {err}", dir.display()));
+            }
         }
         // One entry per name; a later one (from `extra`) wins.
         let mut settings: Vec<(String, String)> = Vec::new();
@@ -101,12 +114,13 @@ impl Cluster {
         let mut cluster = Self {
             bin_dir,
             root,
+            data_dir,
             port: 0,
             run_as,
             settings,
         };
         cluster.watchdog();
-        cluster.initdb().await;
+        cluster.initdb(sync).await;
         for attempt in 1..=PORT_ATTEMPTS {
             cluster.port = free_port();
             match cluster.pg_ctl_start().await {
@@ -121,7 +135,17 @@ impl Cluster {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.root.join("data")
+        self.data_dir.clone()
+    }
+
+    /// The postmaster's pid, from its lock file.
+    pub fn postmaster_pid(&self) -> u32 {
+        let lock = std::fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .expect("read postmaster.pid");
+        lock.lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .expect("a pid on the first line of postmaster.pid")
     }
 
     fn log_file(&self) -> PathBuf {
@@ -168,15 +192,18 @@ impl Cluster {
         }
     }
 
-    async fn initdb(&self) {
+    async fn initdb(&self, sync: bool) {
         let mut command = self.program("initdb");
         command
             .arg("-D")
             .arg(self.data_dir())
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale"])
-            // initdb's own fsyncs only slow the tests down; the server
-            // itself runs with fsync on.
-            .args(["--no-sync", "--no-instructions"]);
+            .arg("--no-instructions");
+        if !sync {
+            // initdb's own fsyncs only slow the tests down where no power
+            // is cut; the server itself runs with fsync on.
+            command.arg("--no-sync");
+        }
         if let Err(err) = self.run("initdb", command).await {
             panic!("{err}");
         }
@@ -233,8 +260,8 @@ impl Cluster {
     fn watchdog(&self) {
         const SCRIPT: &str = r#"
             while kill -0 "$1" 2>/dev/null && [ -d "$2" ]; do sleep 0.5; done
-            pid=$(head -n 1 "$2/data/postmaster.pid" 2>/dev/null)
-            port=$(sed -n 4p "$2/data/postmaster.pid" 2>/dev/null)
+            pid=$(head -n 1 "$3/postmaster.pid" 2>/dev/null)
+            port=$(sed -n 4p "$3/postmaster.pid" 2>/dev/null)
             # runstore servers left behind on this cluster (only those whose
             # command line still names its port, in case an id was reused)
             if [ -n "$port" ] && [ -f "$2/runstore.pids" ]; then
@@ -255,6 +282,7 @@ impl Cluster {
             .args(["-c", SCRIPT, "runstore-pg-watchdog"])
             .arg(std::process::id().to_string())
             .arg(&self.root)
+            .arg(&self.data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -397,6 +425,12 @@ pub struct PrivateCluster(Cluster);
 impl PrivateCluster {
     pub async fn start(extra: &[(&str, &str)]) -> Self {
         Self(Cluster::start(extra).await)
+    }
+
+    /// A private cluster whose data dir is `data_dir` (see
+    /// [`Cluster::start_at`]).
+    pub async fn start_on(extra: &[(&str, &str)], data_dir: PathBuf) -> Self {
+        Self(Cluster::start_at(extra, Some(data_dir)).await)
     }
 }
 

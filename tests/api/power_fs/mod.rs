@@ -14,6 +14,7 @@ pub mod model;
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
@@ -79,12 +80,31 @@ impl PowerFs {
         );
     }
 
+    /// Unmounts, waiting (bounded) while the last processes that had
+    /// files open on it finish dying.
     fn detach(&mut self) {
-        if let Some(session) = self.session.take() {
-            session
-                .umount_and_join()
-                .expect("unmount the power-loss file system");
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let path = self.mountpoint.path();
+        let mut attempts = 0;
+        loop {
+            match rustix::mount::unmount(path, rustix::mount::UnmountFlags::empty()) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::BUSY) if attempts < 200 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(err) => {
+                    // Lazily, so that the session (dropped here) can end.
+                    let _ = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH);
+                    panic!("unmount {}: {err} after {attempts} tries", path.display());
+                }
+            }
         }
+        // The kernel has let go: the session's thread sees the device
+        // close and ends.
+        session.join().expect("the power-loss file system's thread");
     }
 
     pub fn path(&self) -> &Path {

@@ -1,11 +1,14 @@
 //! What the power-loss file system holds: for every file and directory,
 //! what a running system sees and what a power cut would leave of it.
 //!
-//! The durability model (LazyFS's, and the weakest POSIX allows):
+//! The durability model (LazyFS's for data, and the weakest POSIX allows):
 //! - a file's data and size become durable when the file is fsynced
 //!   (`fsync` and `fdatasync` alike); until then they live in memory only;
-//! - a directory's entries (creations, unlinks, renames) become durable when
-//!   the directory is fsynced, whatever was done to the files themselves;
+//! - under [`Durability::Posix`] a directory's entries (creations, unlinks,
+//!   renames) become durable when the directory is fsynced, whatever was
+//!   done to the files themselves; under [`Durability::Journaled`] any
+//!   successful fsync also commits every entry changed before it, as the
+//!   metadata journal of ext4 or XFS does;
 //! - a failed fsync behaves as Linux's does (fsyncgate): the dirty data is
 //!   dropped, never written, while reads still see it, and the next fsync
 //!   succeeds without it;
@@ -30,10 +33,16 @@ pub const ROOT: u64 = 1;
 pub type Errno = i32;
 pub type Result<T> = std::result::Result<T, Errno>;
 
-/// What fsync does: the real thing, or (the negative control) nothing.
+/// What fsync makes durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    Honest,
+    /// A file's data on its fsync; a directory's entries on the directory's.
+    Posix,
+    /// As Posix, and every fsync commits all directory entries changed
+    /// before it (a journaling file system's metadata). PostgreSQL needs
+    /// it: it fsyncs a new database's directory but not `base/`, the
+    /// directory holding its entry.
+    Journaled,
     /// `fsync` and `fdatasync` report success and make nothing durable: the
     /// harness must then find lost acknowledged runs.
     FsyncIsNoop,
@@ -384,6 +393,13 @@ impl Model {
             }
             Body::Dir(dir) => dir.durable = dir.entries.clone(),
         }
+        if self.durability == Durability::Journaled {
+            for node in self.nodes.values_mut() {
+                if let Body::Dir(dir) = &mut node.body {
+                    dir.durable = dir.entries.clone();
+                }
+            }
+        }
         Ok(())
     }
 
@@ -430,7 +446,7 @@ mod tests {
     use super::*;
 
     fn model() -> Model {
-        Model::new(Durability::Honest, 0, 0)
+        Model::new(Durability::Posix, 0, 0)
     }
 
     fn file(model: &mut Model, parent: u64, name: &str) -> u64 {
@@ -530,6 +546,25 @@ mod tests {
         m.cut_power();
         m.restore_power();
         assert_eq!(contents(&mut m, ROOT, "final").unwrap(), b"new");
+    }
+
+    #[test]
+    fn journaled_any_fsync_commits_every_entry_made_before_it() {
+        let mut m = Model::new(Durability::Journaled, 0, 0);
+        let dir = m
+            .create(ROOT, "d".as_ref(), Kind::Dir, Meta::new(0o700, 0, 0))
+            .unwrap()
+            .ino;
+        let ino = file(&mut m, dir, "f");
+        m.write(ino, 0, b"x", false).unwrap();
+        m.fsync(ino).unwrap();
+        let late = file(&mut m, dir, "late");
+        m.write(late, 0, b"y", false).unwrap();
+        m.cut_power();
+        m.restore_power();
+        let dir = m.lookup(ROOT, "d".as_ref()).expect("d survives").ino;
+        assert_eq!(contents(&mut m, dir, "f").unwrap(), b"x");
+        assert_eq!(contents(&mut m, dir, "late"), None);
     }
 
     #[test]
