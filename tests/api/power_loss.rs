@@ -350,6 +350,27 @@ async fn io_errors_fail_writes_as_unavailable_and_lose_nothing_acknowledged() {
             acknowledged.push(request);
         }
 
+        // EIO on every fsync: the same, and each failure drops its data.
+        let (request, statuses) = write(Some(Faults {
+            fail_fsyncs: u32::MAX,
+            ..Faults::default()
+        }))
+        .await;
+        assert_failed_unavailable(&statuses, "a write during EIO on fsync");
+        failed.push(request);
+        wait_for_service(&channel, SERVICE_NAME, ServingStatus::NotServing).await;
+        assert_eq!(health(&channel, LIVENESS).await, ServingStatus::Serving);
+        fs.set_faults(Faults::default());
+        wait_for_service(&channel, SERVICE_NAME, ServingStatus::Serving).await;
+        for _ in 0..5 {
+            let (request, statuses) = write(None).await;
+            assert!(
+                written(&statuses),
+                "after EIO on fsync stopped: {statuses:?}"
+            );
+            acknowledged.push(request);
+        }
+
         // EIO on fsync, once: its dirty data is dropped (fsyncgate). The
         // health probe commits too, so arm it until a call is the one hit.
         let mut fsync_failures = 0;
