@@ -260,8 +260,13 @@ impl Cluster {
     fn watchdog(&self) {
         const SCRIPT: &str = r#"
             while kill -0 "$1" 2>/dev/null && [ -d "$2" ]; do sleep 0.5; done
-            pid=$(head -n 1 "$3/postmaster.pid" 2>/dev/null)
-            port=$(sed -n 4p "$3/postmaster.pid" 2>/dev/null)
+            # The data dir's lock file, else (a data dir on a test's own
+            # file system that went with the tests) the socket's, which
+            # holds the same lines.
+            lock="$3/postmaster.pid"
+            [ -r "$lock" ] || lock=$(ls "$2"/.s.PGSQL.*.lock 2>/dev/null | head -n 1)
+            pid=$(head -n 1 "$lock" 2>/dev/null)
+            port=$(sed -n 4p "$lock" 2>/dev/null)
             # runstore servers left behind on this cluster (only those whose
             # command line still names its port, in case an id was reused)
             if [ -n "$port" ] && [ -f "$2/runstore.pids" ]; then
