@@ -77,19 +77,48 @@ fn perm(mode: u32, umask: u32) -> u16 {
     (mode & !umask & 0o7777) as u16
 }
 
+/// Replies with the entry of a lookup or creation, or its error.
+fn entry(reply: ReplyEntry, result: model::Result<Attr>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn attr(reply: ReplyAttr, result: model::Result<Attr>) {
+    match result {
+        Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn empty(reply: ReplyEmpty, result: model::Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+/// OK where the node exists (access: the kernel checks permissions).
+fn found<T>(reply: ReplyEmpty, result: model::Result<T>) {
+    empty(reply, result.map(drop))
+}
+
+/// A stateless handle where the node exists.
+fn opened<T>(reply: ReplyOpen, result: model::Result<T>) {
+    match result {
+        Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 impl Filesystem for PowerFuse {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.model().lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        entry(reply, self.model().lookup(parent.0, name))
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.model().attr(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
-        }
+        attr(reply, self.model().attr(ino.0))
     }
 
     fn setattr(
@@ -130,10 +159,7 @@ impl Filesystem for PowerFuse {
                 })
             })
             .and_then(|()| model.attr(ino.0));
-        match changed {
-            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
-        }
+        attr(reply, changed)
     }
 
     fn mknod(
@@ -150,10 +176,7 @@ impl Filesystem for PowerFuse {
             return reply.error(Errno::EPERM);
         }
         let meta = Meta::new(perm(mode, umask), req.uid(), req.gid());
-        match self.model().create(parent.0, name, Kind::File, meta) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        entry(reply, self.model().create(parent.0, name, Kind::File, meta))
     }
 
     fn mkdir(
@@ -166,24 +189,15 @@ impl Filesystem for PowerFuse {
         reply: ReplyEntry,
     ) {
         let meta = Meta::new(perm(mode, umask), req.uid(), req.gid());
-        match self.model().create(parent.0, name, Kind::Dir, meta) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        entry(reply, self.model().create(parent.0, name, Kind::Dir, meta))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.model().remove(parent.0, name, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(reply, self.model().remove(parent.0, name, false))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.model().remove(parent.0, name, true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(reply, self.model().remove(parent.0, name, true))
     }
 
     fn rename(
@@ -202,20 +216,15 @@ impl Filesystem for PowerFuse {
             return reply.error(Errno::EINVAL);
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match self
-            .model()
-            .rename(parent.0, name, newparent.0, newname, no_replace)
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(
+            reply,
+            self.model()
+                .rename(parent.0, name, newparent.0, newname, no_replace),
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.model().attr(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
-        }
+        opened(reply, self.model().attr(ino.0))
     }
 
     fn read(
@@ -273,17 +282,11 @@ impl Filesystem for PowerFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.model().fsync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(reply, self.model().fsync(ino.0))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.model().list(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
-        }
+        opened(reply, self.model().list(ino.0))
     }
 
     fn readdir(
@@ -314,10 +317,7 @@ impl Filesystem for PowerFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.model().fsync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(reply, self.model().fsync(ino.0))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -335,10 +335,7 @@ impl Filesystem for PowerFuse {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // The kernel checks permissions itself (default_permissions).
-        match self.model().attr(ino.0) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        found(reply, self.model().attr(ino.0))
     }
 
     fn create(
