@@ -6,8 +6,9 @@
 //! answered only after the commit that covers its write.
 //!
 //! The two writes of a CompleteRun are dispatched as concurrent tasks and
-//! arrive a few microseconds apart. A batch that holds one of a pair waits
-//! briefly ([`PARTNER_WAIT`]) for the other, so that the pair shares one
+//! arrive a few microseconds apart. A half whose partner has not arrived is
+//! held back for the next batch, or, when there is nothing else to commit,
+//! waited with briefly ([`PARTNER_WAIT`]), so that the pair shares one
 //! commit: one fsync per call instead of two, which is what makes the
 //! call's latency max(snapshot, manifest) rather than their sum.
 
@@ -147,6 +148,7 @@ impl Committer {
             queue,
             stats: Arc::clone(&stats),
             events,
+            held: Vec::new(),
         };
         let thread = thread::Builder::new()
             .name("sqlite-committer".into())
@@ -245,6 +247,8 @@ struct Worker {
     queue: mpsc::Receiver<Job>,
     stats: Arc<CommitStats>,
     events: watch::Sender<u64>,
+    /// Halves of pairs held back from the last batch for their partner.
+    held: Vec<Job>,
 }
 
 impl Worker {
@@ -254,47 +258,58 @@ impl Worker {
         }
     }
 
-    /// Blocks for the first job, then takes everything queued behind it,
-    /// then waits up to [`PARTNER_WAIT`] for the missing half of any pair.
-    fn next_batch(&self) -> Option<Vec<Job>> {
-        let first = self.queue.recv().ok()?;
-        let mut batch = Vec::new();
-        let mut pairs: HashMap<usize, u8> = HashMap::new();
-        let mut unpaired = 0usize;
-        let mut add = |job: Job, batch: &mut Vec<Job>, unpaired: &mut usize| {
-            if let Some(key) = job.pair_key() {
-                let seen = pairs.entry(key).or_default();
-                *seen += 1;
-                if *seen == 1 {
-                    *unpaired += 1;
-                } else {
-                    *unpaired -= 1;
-                }
-            }
-            batch.push(job);
-        };
-        add(first, &mut batch, &mut unpaired);
+    /// Takes the halves held back last time, or blocks for the first job;
+    /// then everything queued behind them. A half whose partner has not
+    /// arrived is held back for the next batch (once), so the pair shares
+    /// that commit; the caller waits for both writes anyway, so holding the
+    /// half costs it nothing, where committing it alone would cost the
+    /// pair two commits. Only a batch with nothing else to commit waits, up
+    /// to [`PARTNER_WAIT`], for the missing halves.
+    fn next_batch(&mut self) -> Option<Vec<Job>> {
+        let mut batch = std::mem::take(&mut self.held);
+        let held_before = batch.len();
+        if batch.is_empty() {
+            batch.push(self.queue.recv().ok()?);
+        }
         while batch.len() < MAX_BATCH {
             match self.queue.try_recv() {
-                Ok(job) => add(job, &mut batch, &mut unpaired),
+                Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        let deadline = Instant::now() + PARTNER_WAIT;
-        while unpaired > 0 && batch.len() < MAX_BATCH {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.queue.recv_timeout(left) {
-                Ok(job) => add(job, &mut batch, &mut unpaired),
-                Err(_) => break,
+        let mut halves = PairHalves::of(&batch);
+        if halves.only_lone_halves(batch.len()) {
+            let deadline = Instant::now() + PARTNER_WAIT;
+            while halves.lone() > 0 && batch.len() < MAX_BATCH {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.queue.recv_timeout(left) {
+                    Ok(job) => {
+                        halves.add(&job);
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
             }
+        } else if halves.lone() > 0 {
+            // Halves held once already are committed now, partner or not.
+            let (mut keep, mut hold) = (Vec::with_capacity(batch.len()), Vec::new());
+            for (index, job) in batch.into_iter().enumerate() {
+                if index >= held_before && halves.is_lone(&job) {
+                    halves.remove(&job);
+                    hold.push(job);
+                } else {
+                    keep.push(job);
+                }
+            }
+            batch = keep;
+            self.held = hold;
         }
-        let together = pairs.values().filter(|&&n| n >= 2).count() as u64;
         self.stats
             .pairs_together
-            .fetch_add(together, Ordering::Relaxed);
+            .fetch_add(halves.together(), Ordering::Relaxed);
         self.stats
             .pair_writes_split
-            .fetch_add(unpaired as u64, Ordering::Relaxed);
+            .fetch_add(halves.lone() as u64, Ordering::Relaxed);
         Some(batch)
     }
 
@@ -380,6 +395,65 @@ impl Worker {
         self.conn
             .as_ref()
             .ok_or_else(|| StorageError::Internal("no write connection".into()))
+    }
+}
+
+/// How many halves of each pair a batch holds.
+struct PairHalves {
+    seen: HashMap<usize, u8>,
+    lone: usize,
+}
+
+impl PairHalves {
+    fn of(batch: &[Job]) -> Self {
+        let mut halves = Self {
+            seen: HashMap::new(),
+            lone: 0,
+        };
+        for job in batch {
+            halves.add(job);
+        }
+        halves
+    }
+
+    fn add(&mut self, job: &Job) {
+        if let Some(key) = job.pair_key() {
+            let seen = self.seen.entry(key).or_default();
+            *seen += 1;
+            if *seen == 1 {
+                self.lone += 1;
+            } else {
+                self.lone -= 1;
+            }
+        }
+    }
+
+    /// Takes a lone half out of the batch.
+    fn remove(&mut self, job: &Job) {
+        if let Some(key) = job.pair_key()
+            && self.seen.remove(&key) == Some(1)
+        {
+            self.lone -= 1;
+        }
+    }
+
+    fn is_lone(&self, job: &Job) -> bool {
+        job.pair_key()
+            .is_some_and(|key| self.seen.get(&key) == Some(&1))
+    }
+
+    /// Halves whose partner is not in the batch.
+    fn lone(&self) -> usize {
+        self.lone
+    }
+
+    /// Pairs with both halves in the batch.
+    fn together(&self) -> u64 {
+        self.seen.values().filter(|&&n| n >= 2).count() as u64
+    }
+
+    fn only_lone_halves(&self, batch_len: usize) -> bool {
+        self.lone() == batch_len
     }
 }
 
@@ -499,4 +573,101 @@ fn try_transaction(conn: &Connection, batch: &[&Job]) -> Result<Vec<JobResult>, 
 /// Errors that are about the database, not the record: the batch fails.
 fn fails_the_batch(err: &rusqlite::Error) -> bool {
     !matches!(classify(err), StorageError::Invalid(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::RunInstant;
+
+    fn run(run_id: &str, paired: bool) -> Arc<RunRecord> {
+        Arc::new(RunRecord {
+            task_id: "task".into(),
+            run_id: run_id.into(),
+            timestamp: "2026-12-04T00:00:00Z".into(),
+            instant: RunInstant { secs: 0, nanos: 0 },
+            summary_json: "{}".into(),
+            sha256: String::new(),
+            paired,
+        })
+    }
+
+    fn write(target: Target, run: &Arc<RunRecord>) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job::Write {
+            target,
+            run: Arc::clone(run),
+            reply,
+        }
+    }
+
+    /// A worker with no connection: `next_batch` never touches one.
+    fn worker() -> (mpsc::Sender<Job>, Worker) {
+        let (jobs, queue) = mpsc::channel();
+        let worker = Worker {
+            path: PathBuf::from("unused.db"),
+            conn: None,
+            lock_wait: LockWait::default(),
+            queue,
+            stats: Arc::default(),
+            events: watch::channel(0).0,
+            held: Vec::new(),
+        };
+        (jobs, worker)
+    }
+
+    fn run_ids(batch: &[Job]) -> Vec<(&str, bool)> {
+        batch
+            .iter()
+            .map(|job| match job {
+                Job::Write { target, run, .. } => {
+                    (run.run_id.as_str(), *target == Target::Manifest)
+                }
+                _ => ("", false),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lone_half_is_held_back_and_commits_with_its_partner() {
+        let (jobs, mut worker) = worker();
+        let (a, b) = (run("a", true), run("b", true));
+        jobs.send(write(Target::Snapshot, &a)).unwrap();
+        jobs.send(write(Target::Manifest, &a)).unwrap();
+        jobs.send(write(Target::Snapshot, &b)).unwrap();
+        let first = worker.next_batch().unwrap();
+        assert_eq!(run_ids(&first), [("a", false), ("a", true)]);
+        jobs.send(write(Target::Manifest, &b)).unwrap();
+        let second = worker.next_batch().unwrap();
+        assert_eq!(run_ids(&second), [("b", false), ("b", true)]);
+        assert_eq!(worker.stats.pairs_together.load(Ordering::Relaxed), 2);
+        assert_eq!(worker.stats.pair_writes_split.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_half_is_held_back_once_then_commits_alone() {
+        let (jobs, mut worker) = worker();
+        let (a, b, c) = (run("a", true), run("b", true), run("c", false));
+        jobs.send(write(Target::Snapshot, &a)).unwrap();
+        jobs.send(write(Target::Manifest, &a)).unwrap();
+        jobs.send(write(Target::Snapshot, &b)).unwrap();
+        assert_eq!(worker.next_batch().unwrap().len(), 2);
+        jobs.send(write(Target::Snapshot, &c)).unwrap();
+        let second = worker.next_batch().unwrap();
+        assert_eq!(run_ids(&second), [("b", false), ("c", false)]);
+        assert_eq!(worker.stats.pair_writes_split.load(Ordering::Relaxed), 1);
+        assert!(worker.held.is_empty());
+    }
+
+    #[test]
+    fn a_batch_of_lone_halves_waits_for_partners_then_commits_what_it_has() {
+        let (jobs, mut worker) = worker();
+        let a = run("a", true);
+        jobs.send(write(Target::Snapshot, &a)).unwrap();
+        let waiting = Instant::now();
+        let batch = worker.next_batch().unwrap();
+        assert!(waiting.elapsed() >= PARTNER_WAIT);
+        assert_eq!(run_ids(&batch), [("a", false)]);
+        assert!(worker.held.is_empty());
+    }
 }
