@@ -13,6 +13,12 @@
 //! it the connection closes as soon as the first wave has drained, which on
 //! fast storage may be before the late calls arrive, and a call on a closed
 //! connection says nothing about the server's refusal.
+//!
+//! For the same reason a first-wave call whose stream the client had not
+//! yet opened when the server's GOAWAY came fails in the client's
+//! transport (tonic: an h2 error, INTERNAL), not with the server's
+//! UNAVAILABLE. Such a call never reached the server: it is counted apart,
+//! and, like a refused one, must have left nothing.
 
 use std::{
     collections::HashMap,
@@ -215,8 +221,8 @@ async fn sigterm_round(backend: Backend, label: &str, shutdown_delay: Option<&st
 
     let mut written = Vec::new();
     let mut refused = Vec::new();
+    let mut unsent = Vec::new();
     let mut unexpected = Vec::new();
-    let in_flight = results.iter().filter(|r| r.after_sigterm).count();
     for call in &results {
         match &call.result {
             Ok(reply) if reply.outcome() == Outcome::AllWritten => written.push(call),
@@ -228,6 +234,7 @@ async fn sigterm_round(backend: Backend, label: &str, shutdown_delay: Option<&st
                 reply.primary_error
             )),
             Err(status) if status.code() == Code::Unavailable => refused.push(call),
+            Err(status) if met_the_closing_transport(status) && !call.late => unsent.push(call),
             Err(status) => unexpected.push(format!(
                 "{}/{}: {:?} {:?} (late: {}, after SIGTERM: {})",
                 call.task_id,
@@ -240,13 +247,20 @@ async fn sigterm_round(backend: Backend, label: &str, shutdown_delay: Option<&st
         }
     }
     let late_refused = refused.iter().filter(|c| c.late).count();
+    // Answered by the server after SIGTERM (an unsent call says nothing).
+    let in_flight = written
+        .iter()
+        .chain(&refused)
+        .filter(|c| c.after_sigterm)
+        .count();
     println!(
-        "shutdown under load: in_flight={in_flight} written={} refused={} \
+        "shutdown under load: in_flight={in_flight} written={} refused={} unsent={} \
          [{label}: first wave {CALLS} calls, refused {}; {late_calls} calls after NOT_SERVING, \
          refused {late_refused}; NOT_SERVING after {not_serving_after:?}, exit 0 after \
          {exit_after:?}; Watch saw {health_seen:?}]",
         written.len(),
         refused.len(),
+        unsent.len(),
         refused.len() - late_refused,
     );
     assert!(
@@ -261,12 +275,19 @@ async fn sigterm_round(backend: Backend, label: &str, shutdown_delay: Option<&st
         health_seen.contains(&ServingStatus::NotServing),
         "the Watch saw NOT_SERVING: {health_seen:?}"
     );
+    refused.extend(unsent);
     check_after_restart(&store, &written, &refused).await;
     in_flight
 }
 
+/// A call the client's HTTP/2 transport failed because the connection was
+/// going away or gone (tonic reports h2's error as INTERNAL with this prefix).
+fn met_the_closing_transport(status: &tonic::Status) -> bool {
+    status.code() == Code::Internal && status.message().starts_with("h2 protocol error")
+}
+
 /// Restarts on the data dir: every written run is there in full, every
-/// refused one left nothing, and nothing else was recorded.
+/// refused (or unsent) one left nothing, and nothing else was recorded.
 async fn check_after_restart(store: &TestStore, written: &[&CallResult], refused: &[&CallResult]) {
     let server = start_server(store, &[]).await;
     let mut client = server.client().await;

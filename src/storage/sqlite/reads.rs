@@ -154,34 +154,36 @@ pub fn snapshot_page(
         RunCursor::FIRST
     });
     // The summary is read only when asked for: SQLite loads a column, and
-    // the overflow pages of a large one, only when it is evaluated.
+    // the overflow pages of a large one, only when it is evaluated. No
+    // LIMIT: the index gives the order, rows are produced as they are
+    // stepped, and the loop stops at the page's end. (SQLite plans with the
+    // value bound to a `LIMIT ?`, so such a statement is compiled again for
+    // every page.)
     let mut statement = tx
         .prepare_cached(if query.newest_first {
             "SELECT run_id, timestamp, instant_secs, instant_nanos, seq,
-                    CASE WHEN ?6 THEN '' ELSE summary_json END
+                    CASE WHEN ?5 THEN '' ELSE summary_json END
              FROM snapshot_entries
              WHERE task_id = ?1 AND (instant_secs, instant_nanos, seq) < (?2, ?3, ?4)
-             ORDER BY instant_secs DESC, instant_nanos DESC, seq DESC LIMIT ?5"
+             ORDER BY instant_secs DESC, instant_nanos DESC, seq DESC"
         } else {
             "SELECT run_id, timestamp, instant_secs, instant_nanos, seq,
-                    CASE WHEN ?6 THEN '' ELSE summary_json END
+                    CASE WHEN ?5 THEN '' ELSE summary_json END
              FROM snapshot_entries
              WHERE task_id = ?1 AND (instant_secs, instant_nanos, seq) > (?2, ?3, ?4)
-             ORDER BY instant_secs, instant_nanos, seq LIMIT ?5"
+             ORDER BY instant_secs, instant_nanos, seq"
         })
         .map_err(sql)?;
     let seq = i64::try_from(start.seq).unwrap_or(i64::MAX);
     // One row beyond the page says whether another page follows; its
     // summary is never read.
     let limit = query.limit;
-    let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
     let mut rows = statement
         .query(params![
             task_id,
             start.instant.secs,
             start.instant.nanos,
             seq,
-            fetch,
             query.omit_summaries,
         ])
         .map_err(sql)?;
@@ -228,24 +230,22 @@ pub fn snapshot_page(
 pub fn task_page(conn: &Connection, query: &TaskQuery) -> Result<TaskPage, StorageError> {
     let (from, skip) = query.range_start();
     let end = query.prefix_end();
-    let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
     // Two statements, not `(?3 IS NULL OR task_id < ?3)`: only a plain
     // bound ends the range seek, so a prefix with few tasks does not scan
-    // the rest of the table for one more row.
+    // the rest of the table for one more row. No LIMIT, as in
+    // `snapshot_page`: the loop stops one row past the page.
     let mut statement = conn
         .prepare_cached(if end.is_some() {
             "SELECT task_id, run_count, last_run_at FROM tasks
              WHERE task_id >= ?1 AND task_id <> ?2 AND task_id < ?3
-             ORDER BY task_id LIMIT ?4"
+             ORDER BY task_id"
         } else {
             "SELECT task_id, run_count, last_run_at FROM tasks
              WHERE task_id >= ?1 AND task_id <> ?2 AND ?3 IS NULL
-             ORDER BY task_id LIMIT ?4"
+             ORDER BY task_id"
         })
         .map_err(sql)?;
-    let mut rows = statement
-        .query(params![from, skip, end, fetch])
-        .map_err(sql)?;
+    let mut rows = statement.query(params![from, skip, end]).map_err(sql)?;
     let mut tasks = Vec::new();
     let mut more = false;
     while let Some(row) = rows.next().map_err(sql)? {
@@ -298,16 +298,18 @@ pub fn events(conn: &Connection, query: &EventQuery) -> Result<EventPage, Storag
     let mut statement = tx
         .prepare_cached(
             "SELECT cursor, kind, task_id, run_id, timestamp, recorded_at FROM run_events
-             WHERE cursor > ?1 ORDER BY cursor LIMIT ?2",
+             WHERE cursor > ?1 ORDER BY cursor",
         )
         .map_err(sql)?;
-    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-    let mut rows = statement.query(params![after, limit]).map_err(sql)?;
+    let mut rows = statement.query([after]).map_err(sql)?;
     let mut page = EventPage {
         events: Vec::new(),
         full: false,
     };
-    while let Some(row) = rows.next().map_err(sql)? {
+    // No LIMIT, as in `snapshot_page`: the loop stops at `limit`.
+    while page.events.len() < query.limit
+        && let Some(row) = rows.next().map_err(sql)?
+    {
         let cursor = EventCursor {
             tx: 0,
             id: u64::try_from(row.get::<_, i64>(0).map_err(sql)?).unwrap_or_default(),
