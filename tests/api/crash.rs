@@ -15,6 +15,7 @@ use runstore::proto::{
     CompleteRunRequest, GetManifestRequest, WriteState,
     persistence_service_client::PersistenceServiceClient,
 };
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 
 use crate::{
@@ -47,17 +48,19 @@ impl Rng {
 }
 
 pub fn seed() -> u64 {
-    if let Some(seed) = std::env::var("CRASH_SEED")
+    let seed = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-    {
-        return seed;
-    }
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    (nanos as u64) | 1
+        .unwrap_or_else(|| {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos();
+            (nanos as u64) | 1
+        });
+    // Shown with the output of a failed test, to reproduce it.
+    println!("CRASH_SEED={seed}");
+    seed
 }
 
 pub type Key = (String, String);
@@ -108,13 +111,25 @@ fn task_id(n: u32) -> String {
     format!("crash-{n}")
 }
 
+/// Longest a single call may wait for its reply. A killed server's
+/// connections close at once; this only bounds a call that never hears so.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// One writer: CompleteRun after CompleteRun until a call fails or `killed`
+/// is cancelled, just before the kill. No call starts against the dead
+/// server: the channel would reconnect to its address, where another
+/// test's server may by then listen on the reused port.
 pub async fn client_loop(
     mut client: PersistenceServiceClient<Channel>,
     round: u32,
     client_no: u32,
+    killed: CancellationToken,
 ) -> ClientLog {
     let mut log = Vec::new();
     for i in 0..CALLS_PER_CLIENT {
+        if killed.is_cancelled() {
+            break;
+        }
         let task = task_id(client_no % TASKS);
         let run = format!("r{round:02}-c{client_no:02}-{i:04}");
         let timestamp = ts(round * 100_000 + i * CLIENTS + client_no);
@@ -124,8 +139,8 @@ pub async fn client_loop(
             run_id: run,
             timestamp,
         };
-        match client.complete_run(request.clone()).await {
-            Ok(reply) => {
+        match tokio::time::timeout(CALL_LIMIT, client.complete_run(request.clone())).await {
+            Ok(Ok(reply)) => {
                 let reply = reply.into_inner();
                 let written = |s: Option<&runstore::proto::WriteStatus>| {
                     s.is_some_and(|s| s.state() == WriteState::Written)
@@ -136,7 +151,7 @@ pub async fn client_loop(
                 );
                 log.push((request, Some(flags)));
             }
-            Err(_) => {
+            Ok(Err(_)) | Err(_) => {
                 // The server was killed: this run may or may not be stored.
                 log.push((request, None));
                 break;
@@ -299,22 +314,29 @@ async fn sigkill_under_load_never_loses_an_acknowledged_write(backend: Backend) 
         lost.extend(verify_and_report(&clients, &store, &ledger).await.lost);
         verifying += verify_started.elapsed();
 
+        let killed = CancellationToken::new();
         let writers: Vec<_> = (0..CLIENTS)
             .map(|n| {
                 let client = clients[n as usize % clients.len()].clone();
-                tokio::spawn(client_loop(client, round, n))
+                tokio::spawn(client_loop(client, round, n, killed.clone()))
             })
             .collect();
         let delay = rng.in_range(KILL_DELAY_MS);
         delays.push(delay);
         tokio::time::sleep(Duration::from_millis(delay)).await;
+        // Cancelled first, so that no call starts against the dead server;
+        // the 32 in flight meet the kill.
+        killed.cancel();
         server.kill().await;
 
         let before = ledger.both;
         for writer in writers {
-            let log = within("a writer to notice the kill", writer)
-                .await
-                .expect("client task");
+            let log = within(
+                &format!("a writer to notice the kill of round {round}"),
+                writer,
+            )
+            .await
+            .expect("client task");
             for (request, reply) in log {
                 ledger.record(request, reply);
             }

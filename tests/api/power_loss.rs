@@ -19,6 +19,7 @@
 use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use runstore::proto::{CompleteRunRequest, GetManifestRequest, WriteState, WriteStatus};
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -88,10 +89,11 @@ async fn cut_power_under_load(backend: Backend, durability: Durability, cuts: u3
         // Read now: after the cut nothing on the mount can be.
         let postmaster = cluster.as_ref().map(|c| c.postmaster_pid());
 
+        let killed = CancellationToken::new();
         let writers: Vec<_> = (0..CLIENTS)
             .map(|n| {
                 let client = clients[n as usize % clients.len()].clone();
-                tokio::spawn(client_loop(client, round, n))
+                tokio::spawn(client_loop(client, round, n, killed.clone()))
             })
             .collect();
         let delay = rng.in_range(CUT_DELAY_MS);
@@ -99,6 +101,8 @@ async fn cut_power_under_load(backend: Backend, durability: Durability, cuts: u3
         tokio::time::sleep(Duration::from_millis(delay)).await;
         fs.cut_power();
         // The machine is dead: its processes go with it.
+        // No call starts against the dead server; those in flight meet it.
+        killed.cancel();
         server.kill().await;
         if let Some(pid) = postmaster {
             kill_cluster(pid);
@@ -106,9 +110,12 @@ async fn cut_power_under_load(backend: Backend, durability: Durability, cuts: u3
 
         let before = ledger.both;
         for writer in writers {
-            let log = within("a writer to notice the cut", writer)
-                .await
-                .expect("client task");
+            let log = within(
+                &format!("a writer to notice the cut of round {round}"),
+                writer,
+            )
+            .await
+            .expect("client task");
             for (request, reply) in log {
                 ledger.record(request, reply);
             }
