@@ -15,6 +15,7 @@ use runstore::proto::{
     CompleteRunRequest, GetManifestRequest, WriteState,
     persistence_service_client::PersistenceServiceClient,
 };
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 
@@ -116,10 +117,8 @@ fn task_id(n: u32) -> String {
 const CALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// One writer: CompleteRun after CompleteRun until a call fails or `killed`
-/// is cancelled, just before the kill. No call starts against the dead
-/// server: the channel would reconnect to its address, where another
-/// test's server may by then listen on the reused port.
-pub async fn client_loop(
+/// is cancelled.
+async fn client_loop(
     mut client: PersistenceServiceClient<Channel>,
     round: u32,
     client_no: u32,
@@ -152,13 +151,53 @@ pub async fn client_loop(
                 log.push((request, Some(flags)));
             }
             Ok(Err(_)) | Err(_) => {
-                // The server was killed: this run may or may not be stored.
+                // No reply: this run may or may not be stored.
                 log.push((request, None));
                 break;
             }
         }
     }
     log
+}
+
+/// The writers of one round, [`CLIENTS`] of them over `clients`.
+pub struct Writers {
+    killed: CancellationToken,
+    tasks: Vec<JoinHandle<ClientLog>>,
+}
+
+impl Writers {
+    pub fn start(clients: &[PersistenceServiceClient<Channel>], round: u32) -> Self {
+        let killed = CancellationToken::new();
+        let tasks = (0..CLIENTS)
+            .map(|n| {
+                let client = clients[n as usize % clients.len()].clone();
+                tokio::spawn(client_loop(client, round, n, killed.clone()))
+            })
+            .collect();
+        Self { killed, tasks }
+    }
+
+    /// Just before the kill: no call starts from now on, so none reaches
+    /// the dead server's address, where another test's server may by then
+    /// listen on the reused port; the calls in flight meet the kill.
+    pub fn stop(&self) {
+        self.killed.cancel();
+    }
+
+    /// Waits for every writer and records what it saw; the number of runs
+    /// acknowledged this round.
+    pub async fn record(self, ledger: &mut Ledger, round: u32) -> usize {
+        let before = ledger.both;
+        for task in self.tasks {
+            let what = format!("a writer of round {round} to notice the kill");
+            let log = within(&what, task).await.expect("client task");
+            for (request, reply) in log {
+                ledger.record(request, reply);
+            }
+        }
+        ledger.both - before
+    }
 }
 
 /// Clients on a few connections of their own.
@@ -314,34 +353,13 @@ async fn sigkill_under_load_never_loses_an_acknowledged_write(backend: Backend) 
         lost.extend(verify_and_report(&clients, &store, &ledger).await.lost);
         verifying += verify_started.elapsed();
 
-        let killed = CancellationToken::new();
-        let writers: Vec<_> = (0..CLIENTS)
-            .map(|n| {
-                let client = clients[n as usize % clients.len()].clone();
-                tokio::spawn(client_loop(client, round, n, killed.clone()))
-            })
-            .collect();
+        let writers = Writers::start(&clients, round);
         let delay = rng.in_range(KILL_DELAY_MS);
         delays.push(delay);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        // Cancelled first, so that no call starts against the dead server;
-        // the 32 in flight meet the kill.
-        killed.cancel();
+        writers.stop();
         server.kill().await;
-
-        let before = ledger.both;
-        for writer in writers {
-            let log = within(
-                &format!("a writer to notice the kill of round {round}"),
-                writer,
-            )
-            .await
-            .expect("client task");
-            for (request, reply) in log {
-                ledger.record(request, reply);
-            }
-        }
-        acknowledged_per_round.push(ledger.both - before);
+        acknowledged_per_round.push(writers.record(&mut ledger, round).await);
     }
 
     // After the last kill: everything once more, then callers retry what

@@ -19,12 +19,11 @@
 use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use runstore::proto::{CompleteRunRequest, GetManifestRequest, WriteState, WriteStatus};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
-    crash::{self, CLIENTS, Key, Ledger, Rng, client_loop, verify_and_report},
+    crash::{self, CLIENTS, Key, Ledger, Rng, Writers, verify_and_report},
     helpers::{
         Backend, LIVENESS, SERVICE_NAME, TestStore, health, skipped, summary_for, ts,
         wait_for_service, within,
@@ -89,38 +88,18 @@ async fn cut_power_under_load(backend: Backend, durability: Durability, cuts: u3
         // Read now: after the cut nothing on the mount can be.
         let postmaster = cluster.as_ref().map(|c| c.postmaster_pid());
 
-        let killed = CancellationToken::new();
-        let writers: Vec<_> = (0..CLIENTS)
-            .map(|n| {
-                let client = clients[n as usize % clients.len()].clone();
-                tokio::spawn(client_loop(client, round, n, killed.clone()))
-            })
-            .collect();
+        let writers = Writers::start(&clients, round);
         let delay = rng.in_range(CUT_DELAY_MS);
         delays.push(delay);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         fs.cut_power();
         // The machine is dead: its processes go with it.
-        // No call starts against the dead server; those in flight meet it.
-        killed.cancel();
+        writers.stop();
         server.kill().await;
         if let Some(pid) = postmaster {
             kill_cluster(pid);
         }
-
-        let before = ledger.both;
-        for writer in writers {
-            let log = within(
-                &format!("a writer to notice the cut of round {round}"),
-                writer,
-            )
-            .await
-            .expect("client task");
-            for (request, reply) in log {
-                ledger.record(request, reply);
-            }
-        }
-        acknowledged_per_cut.push(ledger.both - before);
+        acknowledged_per_cut.push(writers.record(&mut ledger, round).await);
         drop(clients);
         fs.restore_power();
         if let Some(cluster) = &cluster {
